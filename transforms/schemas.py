@@ -1,0 +1,98 @@
+"""BigQuery tables of SPEC §6 as code: the one place that names every output column.
+
+The JSONL sinks of ``mds replay`` write the same column names, so a replay output and the
+BigQuery tables can be compared row for row.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from transforms.features import FEATURE_NAMES
+
+TICKS_TABLE = "ticks"
+CANDLES_TABLE = "candles"
+DEAD_LETTER_TABLE = "dead_letter"
+
+
+def _field(name: str, field_type: str, mode: str = "NULLABLE", description: str = "") -> dict[str, Any]:
+    field = {"name": name, "type": field_type, "mode": mode}
+    if description:
+        field["description"] = description
+    return field
+
+
+TICK_FIELDS: list[dict[str, Any]] = [
+    _field("exchange", "STRING", "REQUIRED"),
+    _field("symbol", "STRING", "REQUIRED", "Symbol as the user writes it, e.g. BTC-USDT."),
+    _field("native_symbol", "STRING", description="The exchange's own symbol, e.g. BTCUSDT."),
+    _field("id", "STRING", "REQUIRED", "Exchange trade id."),
+    _field("price", "FLOAT64", "REQUIRED"),
+    _field("amount", "FLOAT64", "REQUIRED", "Base quantity."),
+    _field("side", "STRING", "REQUIRED", "Taker side: buy, sell or unknown."),
+    _field("timestamp", "TIMESTAMP", "REQUIRED", "Exchange event time."),
+    _field("local_timestamp", "TIMESTAMP", description="Receipt time at the ingest worker."),
+    _field("publish_time", "TIMESTAMP", description="Pub/Sub publish time."),
+    _field("timestamp_out", "TIMESTAMP", description="Processing time the row was produced."),
+    _field("latency_ms", "FLOAT64", description="timestamp_out - timestamp."),
+]
+
+CANDLE_FIELDS: list[dict[str, Any]] = [
+    _field("exchange", "STRING", "REQUIRED"),
+    _field("symbol", "STRING", "REQUIRED"),
+    _field("native_symbol", "STRING"),
+    _field("timeframe", "STRING", "REQUIRED", "15s, 1m, 5m, 15m, 4h or 24h."),
+    _field("timestamp_in", "TIMESTAMP", "REQUIRED", "Aligned open boundary (UTC): the label."),
+    _field("window_end", "TIMESTAMP", "REQUIRED", "Close boundary (exclusive)."),
+    _field("open", "FLOAT64"),
+    _field("high", "FLOAT64"),
+    _field("low", "FLOAT64"),
+    _field("close", "FLOAT64"),
+    _field("volume", "FLOAT64"),
+    _field("quote_volume", "FLOAT64"),
+    _field("trades", "INT64"),
+    _field("vwap", "FLOAT64", description="quote_volume / volume; NULL without trades."),
+    _field("buy_volume", "FLOAT64"),
+    _field("sell_volume", "FLOAT64"),
+    _field("buy_trades", "INT64"),
+    _field("sell_trades", "INT64"),
+    _field("first_trade_id", "STRING"),
+    _field("last_trade_id", "STRING"),
+    _field("first_tick_time", "TIMESTAMP"),
+    _field("last_tick_time", "TIMESTAMP"),
+    _field("is_gap", "BOOL", description="No trades: O=H=L=C=previous close."),
+    _field("is_partial", "BOOL", description="First candle of a key, or spans a feed disconnect."),
+    _field("is_final", "BOOL", description="False for provisional early panes."),
+    _field("revision", "INT64", description="0 for the first row of a candle, +1 per correction."),
+    _field("timestamp_out", "TIMESTAMP", description="Processing time the row was produced."),
+    _field("latency_ms", "FLOAT64", description="timestamp_out - window_end."),
+] + [_field(name, "FLOAT64") for name in FEATURE_NAMES]
+
+DEAD_LETTER_FIELDS: list[dict[str, Any]] = [
+    _field("stage", "STRING", "REQUIRED", "parse, late, bigquery_insert, ..."),
+    _field("reason", "STRING", "REQUIRED"),
+    _field("payload", "STRING", description="Raw payload (UTF-8, or base64 when not text)."),
+    _field("attributes", "STRING", description="Message attributes as JSON."),
+    _field("event_time", "TIMESTAMP"),
+    _field("timestamp_out", "TIMESTAMP", "REQUIRED"),
+]
+
+TIME_PARTITIONING = {
+    TICKS_TABLE: {"type": "DAY", "field": "timestamp"},
+    CANDLES_TABLE: {"type": "DAY", "field": "timestamp_in"},
+    DEAD_LETTER_TABLE: {"type": "DAY", "field": "timestamp_out"},
+}
+CLUSTERING = {
+    TICKS_TABLE: ["exchange", "symbol"],
+    CANDLES_TABLE: ["symbol", "timeframe"],
+    DEAD_LETTER_TABLE: ["stage"],
+}
+FIELDS = {TICKS_TABLE: TICK_FIELDS, CANDLES_TABLE: CANDLE_FIELDS, DEAD_LETTER_TABLE: DEAD_LETTER_FIELDS}
+
+CANDLE_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in CANDLE_FIELDS)
+TICK_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in TICK_FIELDS)
+DEAD_LETTER_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in DEAD_LETTER_FIELDS)
+
+
+def table_schema(table: str) -> dict[str, Any]:
+    """The schema dict accepted by Beam's WriteToBigQuery and by the BigQuery REST API."""
+    return {"fields": FIELDS[table]}
