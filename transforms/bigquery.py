@@ -1,0 +1,364 @@
+"""BigQuery output (SPEC §4, §6): tables and views as code, and the Beam write path.
+
+Write method: Beam's own ``WriteToBigQuery`` with ``STREAMING_INSERTS`` and ``CREATE_NEVER``
+(tables are made up front by ``ensure_tables``). It is the sink Dataflow runs in production, and
+it was measured against bqemulator on the DirectRunner, batch (``beam.Create``) and streaming
+(``TestStream``), with ``pipelines.local_mode.enable_local_bigquery``: good rows land in the table
+and rows BigQuery rejects come back in ``failed_rows_with_errors`` with the server's reason.
+``WriteRowsToBigQuery`` turns those into ``dead_letter`` rows (stage ``bigquery_insert``), so an
+insert failure never vanishes.
+
+Timestamps: every TIMESTAMP column carries an ISO-8601 UTC string with microseconds and ``Z``
+(``ingest.message.iso_from_us``: ``2017-08-17T04:00:28.123456Z``). Real BigQuery reads numbers
+as epoch SECONDS, bqemulator 1.4 reads them as MICROseconds (measured: 1502942428.1 became
+1970-01-01T00:25:02), so numbers are not portable; ISO strings mean the same instant on both,
+in streaming inserts and in JSON load files, and read well in the JSONL sinks.
+
+Before the insert, rows are checked for what BigQuery would judge differently locally or what
+would break Beam's JSON coder: REQUIRED columns present (bqemulator stores NULL silently), no
+unknown columns (bqemulator drops them silently), TIMESTAMPs as ISO strings, finite floats (NaN
+is not JSON). Failing rows go to ``dead_letter`` too. Types are left to BigQuery, which rejects
+them on both backends.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any, Iterable, Iterator, Mapping
+
+import apache_beam as beam
+from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
+from apache_beam.io.gcp.bigquery_tools import RetryStrategy
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+
+from ingest.message import iso_from_us, parse_time_us
+from transforms import schemas
+
+_LOGGER = logging.getLogger(__name__)
+
+STAGE_BIGQUERY_INSERT = "bigquery_insert"
+REJECTED = "rejected"
+
+# Legacy streaming inserts: $0.01 per 200 MB (MB = 2^20 bytes), each row billed as >= 1 KB
+# (https://cloud.google.com/bigquery/pricing, "Streaming Inserts").
+STREAMING_INSERT_USD_PER_200_MIB = 0.01
+STREAMING_INSERT_MIN_ROW_BYTES = 1024
+
+VIEW_NAMES = ("candles_latest", "candles_current", "latency_by_minute", "volume_by_hour",
+              "rows_cost_by_day")
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients, tables, views
+# ---------------------------------------------------------------------------------------------
+
+def make_client(project: str, endpoint: str | None = None) -> Any:
+    """A google-cloud-bigquery Client; with ``endpoint`` (the local emulator) it is anonymous."""
+    from google.cloud import bigquery
+
+    if endpoint is None:
+        return bigquery.Client(project=project)
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+
+    return bigquery.Client(project=project, credentials=AnonymousCredentials(),
+                           client_options=ClientOptions(api_endpoint=endpoint))
+
+
+def split_dataset_ref(dataset_ref: str) -> tuple[str, str]:
+    """``PROJECT:DATASET`` or ``PROJECT.DATASET`` -> (project, dataset)."""
+    project, sep, dataset = dataset_ref.replace(":", ".").partition(".")
+    if not sep or not project or not dataset or "." in dataset:
+        raise ValueError(f"expected PROJECT:DATASET or PROJECT.DATASET, got {dataset_ref!r}")
+    return project, dataset
+
+
+def ensure_tables(client: Any, dataset_ref: str) -> list[str]:
+    """Create the dataset and the ticks/candles/dead_letter tables if missing.
+
+    Returns the tables created by this call (empty when everything existed: a no-op).
+    """
+    from google.cloud import bigquery
+
+    project, dataset = split_dataset_ref(dataset_ref)
+    client.create_dataset(bigquery.Dataset(f"{project}.{dataset}"), exists_ok=True)
+    existing = {t.table_id for t in client.list_tables(f"{project}.{dataset}")}
+    created = []
+    for name, fields in schemas.FIELDS.items():
+        if name in existing:
+            continue
+        table = bigquery.Table(f"{project}.{dataset}.{name}",
+                               schema=[bigquery.SchemaField.from_api_repr(f) for f in fields])
+        partitioning = schemas.TIME_PARTITIONING[name]
+        table.time_partitioning = bigquery.TimePartitioning(type_=partitioning["type"],
+                                                            field=partitioning["field"])
+        table.clustering_fields = schemas.CLUSTERING[name]
+        client.create_table(table, exists_ok=True)
+        created.append(name)
+    return created
+
+
+def _row_bytes_sql(table: str) -> str:
+    """SQL for one row's size by BigQuery's data size rules (numbers 8, BOOL 1, STRING 2+len,
+    NULL 0)."""
+    sizes = {"FLOAT64": 8, "INT64": 8, "TIMESTAMP": 8, "BOOL": 1}
+    terms = []
+    for field in schemas.FIELDS[table]:
+        name = f"`{field['name']}`"
+        if field["type"] == "STRING":
+            terms.append(f"IFNULL(2 + BYTE_LENGTH({name}), 0)")
+        else:
+            terms.append(f"IF({name} IS NULL, 0, {sizes[field['type']]})")
+    return " + ".join(terms)
+
+
+def view_sql(project: str, dataset: str) -> dict[str, str]:
+    """The SPEC §6 views as Standard SQL SELECTs (name -> query); valid on BigQuery and
+    bqemulator."""
+    ds = f"`{project}.{dataset}"
+    candles, ticks, dead_letter = f"{ds}.candles`", f"{ds}.ticks`", f"{ds}.dead_letter`"
+    cost_parts = []
+    for table, source in ((schemas.TICKS_TABLE, ticks), (schemas.CANDLES_TABLE, candles),
+                          (schemas.DEAD_LETTER_TABLE, dead_letter)):
+        partition_field = schemas.TIME_PARTITIONING[table]["field"]
+        cost_parts.append(
+            f"SELECT '{table}' AS table_name, DATE(COALESCE(timestamp_out, {partition_field})) AS day,"
+            f" {_row_bytes_sql(table)} AS row_bytes FROM {source}")
+    return {
+        # One row per candle: the highest revision (corrections of late ticks supersede).
+        "candles_latest": f"""
+SELECT * EXCEPT (revision_rank) FROM (
+  SELECT c.*, ROW_NUMBER() OVER (
+    PARTITION BY exchange, symbol, timeframe, timestamp_in
+    ORDER BY revision DESC, timestamp_out DESC) AS revision_rank
+  FROM {candles} AS c)
+WHERE revision_rank = 1""",
+        # The newest candle of every exchange/symbol/timeframe (a live board).
+        "candles_current": f"""
+SELECT * EXCEPT (recency_rank) FROM (
+  SELECT l.*, ROW_NUMBER() OVER (
+    PARTITION BY exchange, symbol, timeframe ORDER BY timestamp_in DESC) AS recency_rank
+  FROM {ds}.candles_latest` AS l)
+WHERE recency_rank = 1""",
+        # End-to-end latency per minute of output time, for ticks and for candles.
+        "latency_by_minute": f"""
+SELECT minute, source, COUNT(*) AS row_count,
+  APPROX_QUANTILES(latency_ms, 100)[OFFSET(50)] AS p50_ms,
+  APPROX_QUANTILES(latency_ms, 100)[OFFSET(95)] AS p95_ms,
+  APPROX_QUANTILES(latency_ms, 100)[OFFSET(99)] AS p99_ms,
+  MAX(latency_ms) AS max_ms
+FROM (
+  SELECT TIMESTAMP_TRUNC(timestamp_out, MINUTE) AS minute, 'ticks' AS source, latency_ms
+  FROM {ticks} WHERE latency_ms IS NOT NULL
+  UNION ALL
+  SELECT TIMESTAMP_TRUNC(timestamp_out, MINUTE) AS minute, 'candles' AS source, latency_ms
+  FROM {candles} WHERE latency_ms IS NOT NULL)
+GROUP BY minute, source""",
+        # Hourly volume from the latest revision of the 1m candles (present in every default
+        # run; ticks are only stored in ticks/both mode).
+        "volume_by_hour": f"""
+SELECT TIMESTAMP_TRUNC(timestamp_in, HOUR) AS hour, exchange, symbol,
+  SUM(volume) AS volume, SUM(quote_volume) AS quote_volume,
+  SAFE_DIVIDE(SUM(quote_volume), SUM(volume)) AS vwap,
+  SUM(trades) AS trades, SUM(buy_volume) AS buy_volume, SUM(sell_volume) AS sell_volume,
+  COUNT(*) AS candle_count
+FROM {ds}.candles_latest`
+WHERE timeframe = '1m'
+GROUP BY hour, exchange, symbol""",
+        # Rows, approximate bytes and streaming-insert cost per day (of insert) and table.
+        "rows_cost_by_day": f"""
+SELECT day, table_name, COUNT(*) AS row_count, SUM(row_bytes) AS approx_bytes,
+  SUM(GREATEST(row_bytes, {STREAMING_INSERT_MIN_ROW_BYTES})) AS billed_bytes,
+  SUM(GREATEST(row_bytes, {STREAMING_INSERT_MIN_ROW_BYTES})) / (200 * 1024 * 1024)
+    * {STREAMING_INSERT_USD_PER_200_MIB} AS streaming_insert_usd
+FROM (
+  {'''
+  UNION ALL
+  '''.join(cost_parts)})
+GROUP BY day, table_name""",
+    }
+
+
+def ensure_views(client: Any, dataset_ref: str) -> list[str]:
+    """Create or replace every SPEC §6 view (idempotent); returns their names in creation
+    order."""
+    project, dataset = split_dataset_ref(dataset_ref)
+    queries = view_sql(project, dataset)
+    for name in VIEW_NAMES:
+        statement = f"CREATE OR REPLACE VIEW `{project}.{dataset}.{name}` AS {queries[name]}"
+        client.query(statement).result()
+    return list(VIEW_NAMES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+# ---------------------------------------------------------------------------------------------
+
+def now_us() -> int:
+    return time.time_ns() // 1_000
+
+
+def stamp_output_time(row: Mapping[str, Any], event_field: str,
+                      out_us: int | None = None) -> dict[str, Any]:
+    """A copy of ``row`` with ``timestamp_out`` = now and ``latency_ms`` = now - row[event_field].
+
+    ``event_field`` is ``window_end`` for candles and ``timestamp`` for ticks (SPEC §4). Apply it
+    right before the write so the latency covers the whole pipeline. An unparseable event time
+    leaves ``latency_ms`` NULL (the row check then reports the bad timestamp).
+    """
+    out_us = now_us() if out_us is None else out_us
+    stamped = dict(row)
+    stamped["timestamp_out"] = iso_from_us(out_us)
+    try:
+        stamped["latency_ms"] = (out_us - parse_time_us(row[event_field])) / 1_000
+    except (KeyError, ValueError):
+        stamped["latency_ms"] = None
+    return stamped
+
+
+def row_problem(row: Mapping[str, Any], table: str) -> str | None:
+    """Why BigQuery must not get this row (see module docstring), or None when it may."""
+    fields = {f["name"]: f for f in schemas.FIELDS[table]}
+    unknown = sorted(set(row) - set(fields))
+    if unknown:
+        return f"unknown columns for table {table}: {', '.join(unknown)}"
+    for name, field in fields.items():
+        value = row.get(name)
+        if value is None:
+            if field["mode"] == "REQUIRED":
+                return f"REQUIRED column {name!r} is missing or NULL"
+            continue
+        if field["type"] == "TIMESTAMP":
+            if not isinstance(value, str):
+                return f"TIMESTAMP column {name!r} must be an ISO-8601 string, got {value!r}"
+            try:
+                parse_time_us(value)
+            except ValueError as exc:
+                return f"TIMESTAMP column {name!r}: {exc}"
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"column {name!r} is not finite: {value!r}"
+    return None
+
+
+def dead_letter_row(stage: str, reason: str, payload: Any, attributes: Mapping[str, Any] | None = None,
+                    event_time: str | None = None) -> dict[str, Any]:
+    """A ``dead_letter`` table row; ``payload`` is kept as text (JSON when it is not a string)."""
+    if not isinstance(payload, str):
+        payload = json.dumps(payload, sort_keys=True, default=str)
+    return {
+        "stage": stage,
+        "reason": reason,
+        "payload": payload,
+        "attributes": json.dumps(dict(attributes), sort_keys=True, default=str) if attributes else None,
+        "event_time": event_time,
+        "timestamp_out": iso_from_us(now_us()),
+    }
+
+
+def _event_time_of(row: Mapping[str, Any], table: str) -> str | None:
+    """The row's partitioning time when it is a valid ISO string, so dead letters can be dated."""
+    value = row.get(schemas.TIME_PARTITIONING[table]["field"])
+    try:
+        return iso_from_us(parse_time_us(value)) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+class CheckRowFn(beam.DoFn):
+    """Passes rows BigQuery will judge the same everywhere; the rest go to ``REJECTED`` as
+    dead-letter rows."""
+
+    def __init__(self, table: str) -> None:
+        self._table = table
+        self._rejected = Metrics.counter("bigquery", f"{table}_rows_rejected")
+
+    def process(self, row: Mapping[str, Any]) -> Iterator[Any]:
+        problem = row_problem(row, self._table)
+        if problem is None:
+            yield row
+            return
+        self._rejected.inc()
+        yield TaggedOutput(REJECTED, dead_letter_row(
+            STAGE_BIGQUERY_INSERT, problem, row, {"table": self._table},
+            _event_time_of(row, self._table)))
+
+
+class InsertErrorToDeadLetterFn(beam.DoFn):
+    """``(destination, row, errors)`` from ``failed_rows_with_errors`` -> a dead-letter row."""
+
+    def __init__(self, table: str) -> None:
+        self._table = table
+        self._failed = Metrics.counter("bigquery", f"{table}_insert_failed")
+
+    def process(self, failure: tuple[str, Mapping[str, Any], Iterable[Mapping[str, Any]]]
+                ) -> Iterator[dict[str, Any]]:
+        destination, row, errors = failure
+        errors = list(errors)
+        self._failed.inc()
+        reason = "; ".join(f"{e.get('reason', 'error')}: {e.get('message', '')}".strip()
+                           for e in errors) or "insert failed without an error message"
+        yield dead_letter_row(STAGE_BIGQUERY_INSERT, reason, row,
+                              {"table": self._table, "destination": str(destination),
+                               "errors": errors},
+                              _event_time_of(row, self._table))
+
+
+class LogUnwritableDeadLetterFn(beam.DoFn):
+    """Last resort for dead-letter rows BigQuery refused too: count them and log them whole."""
+
+    def __init__(self) -> None:
+        self._lost = Metrics.counter("bigquery", "dead_letter_insert_failed")
+
+    def process(self, dead_letter: Mapping[str, Any]) -> Iterator[None]:
+        self._lost.inc()
+        _LOGGER.error("dead_letter row could not be written to BigQuery: %s",
+                      json.dumps(dead_letter, sort_keys=True, default=str))
+        return iter(())
+
+
+class WriteRowsToBigQuery(beam.PTransform):
+    """Streams row dicts (columns of ``transforms.schemas``) into one table of a dataset.
+
+    Rows that fail the pre-insert check or that BigQuery rejects become ``dead_letter`` rows
+    (stage ``bigquery_insert``, the reason, the row as JSON), written to the dataset's
+    ``dead_letter`` table and returned as the output PCollection. When the target is the
+    ``dead_letter`` table itself, its failures are counted and logged instead (no loop).
+
+    ``latency_from``: stamp ``timestamp_out``/``latency_ms`` from this event-time column right
+    before the write (``window_end`` for candles, ``timestamp`` for ticks); None leaves rows
+    as they are.
+    """
+
+    def __init__(self, table: str, dataset: str, latency_from: str | None = None) -> None:
+        super().__init__()
+        if table not in schemas.FIELDS:
+            raise ValueError(f"unknown table {table!r}; expected one of {sorted(schemas.FIELDS)}")
+        self._table = table
+        self._project, self._dataset = split_dataset_ref(dataset)
+        self._latency_from = latency_from
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        if self._latency_from is not None:
+            rows = rows | "StampOutputTime" >> beam.Map(stamp_output_time, self._latency_from)
+        checked = rows | "CheckRows" >> beam.ParDo(CheckRowFn(self._table)).with_outputs(
+            REJECTED, main="valid")
+        written = checked.valid | "StreamingInsert" >> WriteToBigQuery(
+            table=self._table, dataset=self._dataset, project=self._project,
+            schema=schemas.table_schema(self._table),
+            method=WriteToBigQuery.Method.STREAMING_INSERTS,
+            create_disposition=BigQueryDisposition.CREATE_NEVER,
+            write_disposition=BigQueryDisposition.WRITE_APPEND,
+            insert_retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR)
+        insert_failures = written.failed_rows_with_errors | "InsertErrorsToDeadLetter" >> beam.ParDo(
+            InsertErrorToDeadLetterFn(self._table))
+        dead_letters = ((checked[REJECTED], insert_failures)
+                        | "AllFailures" >> beam.Flatten())
+        if self._table == schemas.DEAD_LETTER_TABLE:
+            _ = dead_letters | "LogUnwritable" >> beam.ParDo(LogUnwritableDeadLetterFn())
+        else:
+            _ = dead_letters | "WriteDeadLetter" >> WriteRowsToBigQuery(
+                schemas.DEAD_LETTER_TABLE, f"{self._project}:{self._dataset}")
+        return dead_letters
