@@ -1,0 +1,161 @@
+/**
+ * The Pub/Sub tick message contract (SPEC §2), mirrored from ingest/message.py.
+ *
+ * The Python worker, this Node twin and the pipeline's parser must agree on every byte: the
+ * batch dedup id is a sha1 of the data, so the same ticks must encode to the same JSON here and
+ * in Python's `encode_message`. Names below match the Python constants one to one.
+ */
+import { createHash } from 'node:crypto';
+
+import { pythonDumps } from './pyjson.js';
+
+// Message attributes.
+export const ATTR_EVENT_TIME = 'ts'; // event time, ms since epoch; for a batch the EARLIEST tick's
+export const ATTR_EXCHANGE = 'exchange';
+export const ATTR_SYMBOL = 'symbol';
+export const ATTR_DEDUP_ID = 'mds_id'; // exchange:symbol:id for one tick, batch:<sha1> for a batch
+export const ATTR_COUNT = 'count'; // ticks carried by the message
+
+// Tick fields.
+export const FIELD_EXCHANGE = 'exchange';
+export const FIELD_SYMBOL = 'symbol';
+export const FIELD_NATIVE_SYMBOL = 'nativeSymbol';
+export const FIELD_ID = 'id';
+export const FIELD_PRICE = 'price';
+export const FIELD_AMOUNT = 'amount';
+export const FIELD_SIDE = 'side';
+export const FIELD_TIMESTAMP = 'timestamp';
+export const FIELD_LOCAL_TIMESTAMP = 'localTimestamp';
+export const REQUIRED_FIELDS = [FIELD_EXCHANGE, FIELD_SYMBOL, FIELD_ID, FIELD_PRICE, FIELD_AMOUNT,
+  FIELD_TIMESTAMP];
+export const SIDES = ['buy', 'sell', 'unknown'];
+
+export const BATCH_KEY = 'ticks';
+export const DISCONNECTS_KEY = 'disconnects';
+
+const US_PER_S = 1_000_000;
+
+/** ISO-8601 UTC with microseconds, the form Tardis uses for timestamps. */
+export function isoFromUs(tsUs) {
+  const micros = ((tsUs % US_PER_S) + US_PER_S) % US_PER_S;
+  const seconds = (tsUs - micros) / US_PER_S;
+  const stamp = new Date(seconds * 1000).toISOString().slice(0, 19);
+  return `${stamp}.${String(micros).padStart(6, '0')}Z`;
+}
+
+/** A tick object in the wire format (field order matters: it is part of the bytes). */
+export function makeTick(exchange, symbol, nativeSymbol, tradeId, price, amount, side, tsUs,
+  localTsUs) {
+  return {
+    [FIELD_EXCHANGE]: exchange,
+    [FIELD_SYMBOL]: symbol,
+    [FIELD_NATIVE_SYMBOL]: nativeSymbol,
+    [FIELD_ID]: String(tradeId),
+    [FIELD_PRICE]: price,
+    [FIELD_AMOUNT]: amount,
+    [FIELD_SIDE]: side,
+    [FIELD_TIMESTAMP]: isoFromUs(tsUs),
+    [FIELD_LOCAL_TIMESTAMP]: isoFromUs(localTsUs),
+  };
+}
+
+/** Python's round(): halves go to the even neighbour. */
+function roundHalfEven(value) {
+  const floor = Math.floor(value);
+  const diff = value - floor;
+  if (diff > 0.5) return floor + 1;
+  if (diff < 0.5) return floor;
+  return floor % 2 === 0 ? floor : floor + 1;
+}
+
+// datetime.fromisoformat's forms: date, optional time (fraction truncated to µs), optional offset.
+const ISO_PATTERN = new RegExp(
+  '^(\\d{4})-?(\\d{2})-?(\\d{2})'
+  + '(?:[T ](\\d{2})(?::?(\\d{2})(?::?(\\d{2})(?:[.,](\\d+))?)?)?)?'
+  + '(Z|[+-]\\d{2}(?::?\\d{2}(?::?\\d{2}(?:\\.\\d{1,6})?)?)?)?$');
+
+function offsetUs(text) {
+  if (text === undefined || text === 'Z') return 0;
+  const sign = text[0] === '-' ? -1 : 1;
+  const [hours, minutes = '0', seconds = '0'] = text.slice(1).match(/\d{2}(?:\.\d+)?/g);
+  return sign * Math.round((Number(hours) * 3600 + Number(minutes) * 60 + Number(seconds)) * US_PER_S);
+}
+
+function parseIsoUs(original, text) {
+  const match = ISO_PATTERN.exec(text);
+  if (!match) throw new RangeError(`timestamp is not ISO-8601: ${JSON.stringify(original)}`);
+  const [, year, month, day, hour = '0', minute = '0', second = '0', fraction = '', offset] = match;
+  const ms = Date.UTC(Number(year), Number(month) - 1, Number(day), Number(hour), Number(minute),
+    Number(second));
+  const check = new Date(ms);
+  if (Number.isNaN(ms) || check.getUTCDate() !== Number(day) || check.getUTCHours() !== Number(hour)
+    || check.getUTCMinutes() !== Number(minute) || check.getUTCSeconds() !== Number(second)) {
+    throw new RangeError(`timestamp is not ISO-8601: ${JSON.stringify(original)}`);
+  }
+  const micros = Number(fraction.slice(0, 6).padEnd(6, '0'));
+  return ms * 1000 + micros - offsetUs(offset);
+}
+
+/**
+ * Event time in µs from an ISO-8601 string or an epoch number (s, ms, µs or ns by magnitude).
+ *
+ * Throws RangeError for anything else, so callers can report the reason.
+ */
+export function parseTimeUs(value) {
+  if (typeof value === 'boolean') throw new RangeError(`timestamp is a boolean: ${value}`);
+  if (typeof value === 'number' || typeof value === 'bigint') {
+    const number = Number(value);
+    if (!Number.isFinite(number)) throw new RangeError(`timestamp is not finite: ${value}`);
+    const magnitude = Math.abs(number);
+    if (magnitude < 1e11) return roundHalfEven(number * 1_000_000);
+    if (magnitude < 1e14) return roundHalfEven(number * 1_000);
+    if (magnitude < 1e17) return Math.trunc(number);
+    return Math.floor(number / 1_000);
+  }
+  if (typeof value === 'string') {
+    const text = value.trim();
+    if (/^-*\d+$/.test(text)) {
+      if (!/^-?\d+$/.test(text)) throw new RangeError(`timestamp is not a number: ${JSON.stringify(value)}`);
+      return parseTimeUs(Number(text));
+    }
+    return parseIsoUs(value, text);
+  }
+  throw new RangeError(`timestamp has unsupported type ${value === null ? 'null' : typeof value}`);
+}
+
+/**
+ * Encode ticks (one, or a batch) and optional disconnect markers as Pub/Sub data + attributes.
+ *
+ * All ticks of a message should share exchange and symbol (the attributes describe them); the
+ * `ts` attribute is the earliest event time so per-tick re-stamping never moves an element before
+ * its input timestamp. Returns `{ data: Buffer, attributes }`.
+ */
+export function encodeMessage(ticks, disconnects = []) {
+  const single = ticks.length === 1 && disconnects.length === 0;
+  let payload;
+  if (single) {
+    payload = { ...ticks[0] };
+  } else {
+    payload = { [BATCH_KEY]: [...ticks] };
+    if (disconnects.length > 0) payload[DISCONNECTS_KEY] = [...disconnects];
+  }
+  const data = Buffer.from(pythonDumps(payload), 'utf8');
+  const times = [...ticks, ...disconnects].map((item) => parseTimeUs(item[FIELD_TIMESTAMP]));
+  const first = ticks.length > 0 ? ticks[0] : disconnects[0];
+  const exchange = String(first[FIELD_EXCHANGE]);
+  const symbol = String(first[FIELD_SYMBOL]);
+  const dedupId = single
+    ? `${exchange}:${symbol}:${ticks[0][FIELD_ID]}`
+    : `batch:${createHash('sha1').update(data).digest('hex')}`;
+  const earliestUs = times.reduce((min, t) => (t < min ? t : min));
+  return {
+    data,
+    attributes: {
+      [ATTR_EVENT_TIME]: String(Math.floor(earliestUs / 1000)),
+      [ATTR_EXCHANGE]: exchange,
+      [ATTR_SYMBOL]: symbol,
+      [ATTR_DEDUP_ID]: dedupId,
+      [ATTR_COUNT]: String(ticks.length),
+    },
+  };
+}

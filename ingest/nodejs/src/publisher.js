@@ -1,0 +1,104 @@
+/**
+ * Messages → Pub/Sub with the client's own batching, bounded outstanding work and retries.
+ *
+ * The client packs messages into publish requests (`batching`); this class bounds what is in
+ * flight (messages and bytes, so a fast file replay cannot grow memory without limit) and retries
+ * transient failures with exponential backoff. A message that still fails is counted and logged:
+ * never dropped silently.
+ */
+import { PubSub } from '@google-cloud/pubsub';
+
+// gRPC codes worth retrying: DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE.
+const RETRYABLE_CODES = new Set([4, 8, 10, 13, 14]);
+const ALREADY_EXISTS = 6;
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+
+/** `projects/P/topics/T` or a bare name in `project` → `{ project, name }`. */
+export function parseTopic(topic, project) {
+  const match = /^projects\/([^/]+)\/topics\/([^/]+)$/.exec(topic);
+  if (match) return { project: match[1], name: match[2] };
+  if (topic.includes('/')) throw new RangeError(`topic must be a name or projects/P/topics/T, got ${topic}`);
+  return { project, name: topic };
+}
+
+export class PubSubPublisher {
+  constructor({ topic, project, stats, log = console.error, createTopic = false,
+    maxOutstandingMessages = 1000, maxOutstandingBytes = 64 * 1024 * 1024, maxAttempts = 6,
+    batching = { maxMessages: 100, maxMilliseconds: 10, maxBytes: 4 * 1024 * 1024 } }) {
+    const where = parseTopic(topic, project);
+    this.client = new PubSub({ projectId: where.project });
+    this.topic = this.client.topic(where.name, { batching });
+    this.topicPath = `projects/${where.project}/topics/${where.name}`;
+    this.createTopic = createTopic;
+    this.stats = stats;
+    this.log = log;
+    this.maxOutstandingMessages = maxOutstandingMessages;
+    this.maxOutstandingBytes = maxOutstandingBytes;
+    this.maxAttempts = maxAttempts;
+    this.outstandingMessages = 0;
+    this.outstandingBytes = 0;
+    this.waiters = [];
+    this.inFlight = new Set();
+  }
+
+  /** Create the topic if asked to (handy with the emulator); otherwise it must exist. */
+  async open() {
+    if (!this.createTopic) return;
+    try {
+      await this.topic.create();
+    } catch (error) {
+      if (error.code !== ALREADY_EXISTS) throw error;
+    }
+  }
+
+  hasRoom(size) {
+    return this.outstandingMessages === 0
+      || (this.outstandingMessages < this.maxOutstandingMessages
+        && this.outstandingBytes + size <= this.maxOutstandingBytes);
+  }
+
+  /** Queue one message; resolves once it is in flight (waits while the window is full). */
+  async send({ data, attributes }) {
+    while (!this.hasRoom(data.length)) await new Promise((resolve) => { this.waiters.push(resolve); });
+    this.outstandingMessages += 1;
+    this.outstandingBytes += data.length;
+    const done = this.publishWithRetry(data, attributes).finally(() => {
+      this.outstandingMessages -= 1;
+      this.outstandingBytes -= data.length;
+      this.inFlight.delete(done);
+      this.waiters.splice(0).forEach((resolve) => resolve());
+    });
+    this.inFlight.add(done);
+  }
+
+  async publishWithRetry(data, attributes) {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        await this.topic.publishMessage({ data, attributes });
+        this.stats.published(data, attributes);
+        return;
+      } catch (error) {
+        if (!RETRYABLE_CODES.has(error.code) || attempt >= this.maxAttempts) {
+          this.stats.failed(attributes);
+          this.log(`publish failed for ${attributes.mds_id} (${attributes.count} ticks) after ${attempt} `
+            + `attempt(s): ${error.message}`);
+          return;
+        }
+        this.stats.retries += 1;
+        await sleep(Math.min(100 * 2 ** (attempt - 1), 5000));
+      }
+    }
+  }
+
+  /** Wait until every queued message is acknowledged or given up on. */
+  async drain() {
+    while (this.inFlight.size > 0) await Promise.all([...this.inFlight]);
+    await this.topic.flush();
+  }
+
+  async close() {
+    await this.drain();
+    await this.client.close();
+  }
+}

@@ -1,0 +1,106 @@
+/**
+ * Counters, the once-a-second console line per symbol, and the end-of-run summary with an
+ * estimated Pub/Sub bill.
+ *
+ * Pub/Sub throughput pricing: $40 per TiB, counted on publish AND on each subscription's
+ * delivery, where a message's size is its data + attribute keys and values + 20 bytes of
+ * timestamp (cloud.google.com/pubsub/pricing). The 1 kB minimum applies per request, and the
+ * client packs many messages per request, so it is left out of this estimate.
+ */
+import { ATTR_COUNT } from './message.js';
+
+export const USD_PER_TIB = 40;
+const TIB = 2 ** 40;
+const TIMESTAMP_BYTES = 20;
+
+/** Billable size of one message: data + attributes + publish timestamp. */
+export function billableBytes(data, attributes) {
+  let size = data.length + TIMESTAMP_BYTES;
+  for (const [key, value] of Object.entries(attributes)) size += Buffer.byteLength(key) + Buffer.byteLength(value);
+  return size;
+}
+
+/** Estimated USD for publishing `bytes` and delivering them to `subscriptions` subscriptions. */
+export function estimatedCostUsd(bytes, subscriptions = 1) {
+  return (bytes * (1 + subscriptions) * USD_PER_TIB) / TIB;
+}
+
+const COUNT = new Intl.NumberFormat('en-US');
+
+function clock(date) {
+  return date.toISOString().slice(11, 19);
+}
+
+export class IngestStats {
+  constructor(now = () => Date.now()) {
+    this.now = now;
+    this.startedAt = now();
+    this.ticksIn = 0;
+    this.rejected = 0;
+    this.disconnects = 0;
+    this.ticksPublished = 0;
+    this.messagesPublished = 0;
+    this.bytesPublished = 0;
+    this.billableBytes = 0;
+    this.messagesFailed = 0;
+    this.ticksFailed = 0;
+    this.retries = 0;
+    this.symbols = new Map();
+  }
+
+  /** A tick entered the worker (counted per symbol for the console line). */
+  sawTick(tick) {
+    this.ticksIn += 1;
+    let entry = this.symbols.get(tick.symbol);
+    if (!entry) {
+      entry = { ticks: 0, ticksAtLastLine: 0, volume: 0, lastPrice: NaN };
+      this.symbols.set(tick.symbol, entry);
+    }
+    entry.ticks += 1;
+    entry.lastPrice = Number(tick.price);
+    entry.volume += Number(tick.amount) || 0;
+  }
+
+  published(data, attributes) {
+    this.messagesPublished += 1;
+    this.ticksPublished += Number(attributes[ATTR_COUNT]);
+    this.bytesPublished += data.length;
+    this.billableBytes += billableBytes(data, attributes);
+  }
+
+  failed(attributes) {
+    this.messagesFailed += 1;
+    this.ticksFailed += Number(attributes[ATTR_COUNT]);
+  }
+
+  /** One line per active symbol since the last call; resets the interval counters. */
+  lines(elapsedSeconds) {
+    const stamp = clock(new Date(this.now()));
+    const out = [];
+    for (const [symbol, entry] of this.symbols) {
+      const fresh = entry.ticks - entry.ticksAtLastLine;
+      if (fresh === 0) continue;
+      const rate = elapsedSeconds > 0 ? fresh / elapsedSeconds : 0;
+      out.push(`🟢 ${stamp} | ${symbol} | $${entry.lastPrice.toFixed(2)} | Vol: ${entry.volume.toFixed(4)} | `
+        + `Ticks: ${COUNT.format(entry.ticks)} (${rate.toFixed(1)}/s)`);
+      entry.ticksAtLastLine = entry.ticks;
+      entry.volume = 0;
+    }
+    return out;
+  }
+
+  summary() {
+    const seconds = Math.max((this.now() - this.startedAt) / 1000, 1e-9);
+    const cost = estimatedCostUsd(this.billableBytes);
+    return [
+      `ingest summary: ${COUNT.format(this.ticksPublished)} ticks in ${COUNT.format(this.messagesPublished)} messages, `
+        + `${COUNT.format(this.bytesPublished)} bytes, ${COUNT.format(Math.round(this.ticksPublished / seconds))} ticks/s `
+        + `over ${seconds.toFixed(1)} s`,
+      `  read ${COUNT.format(this.ticksIn)} ticks, rejected ${COUNT.format(this.rejected)} rows, `
+        + `${COUNT.format(this.disconnects)} disconnect markers, ${COUNT.format(this.retries)} publish retries, `
+        + `failed ${COUNT.format(this.messagesFailed)} messages (${COUNT.format(this.ticksFailed)} ticks)`,
+      `  estimated Pub/Sub cost: $${cost.toFixed(6)} (publish + 1 subscription at $${USD_PER_TIB}/TiB, `
+        + `${COUNT.format(this.billableBytes)} billable bytes)`,
+    ];
+  }
+}
