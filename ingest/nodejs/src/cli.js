@@ -16,8 +16,10 @@ import { liveEvents, replayEvents } from './sources/tardis.js';
 import { IngestStats } from './stats.js';
 import { toNativeSymbol } from './symbols.js';
 
-export const DEFAULT_TOPIC = 'market-ticks';
+export const DEFAULT_TOPIC = 'ticks';
+export const MAX_BATCH_SIZE = 20_000; // keeps a message well under Pub/Sub's 10 MB limit
 const LIVE_FIRST_EVENT_TIMEOUT_MS = 15_000;
+const HOUR_MS = 3_600_000;
 const DAY_MS = 86_400_000;
 
 const OPTIONS = {
@@ -30,7 +32,7 @@ const OPTIONS = {
   live: { type: 'boolean', default: false },
   'fallback-replay': { type: 'boolean', default: false },
   source: { type: 'string' },
-  speed: { type: 'string', default: '1' },
+  speed: { type: 'string', default: '0' },
   duration: { type: 'string' },
   'batch-size': { type: 'string', default: '500' },
   'batch-latency-ms': { type: 'string', default: '200' },
@@ -42,16 +44,17 @@ const OPTIONS = {
 };
 
 export const USAGE = `usage: mds-ingest [--exchange binance] [--symbol BTC-USDT[,ETH-USDT]]
-  (--source FILE | --from DATE [--to DATE] | --live [--fallback-replay])
+  (--source FILE | --from DATE --to DATE | --live [--fallback-replay])
   [--topic NAME|projects/P/topics/T] [--project P] [--create-topic]
-  [--speed 1] [--duration S] [--batch-size 500] [--batch-latency-ms 200]
+  [--speed 0] [--duration S] [--batch-size 500] [--batch-latency-ms 200]
   [--endpoint TARDIS_URL] [--ws-url WS_URL] [--quiet]`;
 
-function number(name, text, { min, integer = false }) {
+function number(name, text, { min, max = Infinity, integer = false }) {
   const value = Number(text);
-  if (text === undefined || text.trim() === '' || !Number.isFinite(value) || value < min
+  if (text === undefined || text.trim() === '' || !Number.isFinite(value) || value < min || value > max
     || (integer && !Number.isInteger(value))) {
-    throw new RangeError(`--${name} must be ${integer ? 'an integer' : 'a number'} >= ${min}, got ${JSON.stringify(text)}`);
+    throw new RangeError(`--${name} must be ${integer ? 'an integer' : 'a number'} in [${min}, ${max}], `
+      + `got ${JSON.stringify(text)}`);
   }
   return value;
 }
@@ -77,25 +80,27 @@ export function parseOptions(argv, env = process.env) {
     fallbackReplay: values['fallback-replay'],
     source: values.source,
     speed: number('speed', values.speed, { min: 0 }),
-    durationS: values.duration === undefined ? undefined : number('duration', values.duration, { min: 0 }),
-    batchSize: number('batch-size', values['batch-size'], { min: 1, integer: true }),
+    durationS: values.duration === undefined ? undefined : number('duration', values.duration, { min: 0.001 }),
+    batchSize: number('batch-size', values['batch-size'], { min: 1, max: MAX_BATCH_SIZE, integer: true }),
     batchLatencyMs: number('batch-latency-ms', values['batch-latency-ms'], { min: 0 }),
     endpoint: values.endpoint,
     wsUrl: values['ws-url'],
     quiet: values.quiet,
     createTopic: values['create-topic'],
   };
-  if (values.from !== undefined) {
+  if (values.from !== undefined && values.to !== undefined) {
     options.from = date('from', values.from);
-    options.to = values.to === undefined ? new Date(options.from.getTime() + DAY_MS) : date('to', values.to);
+    options.to = date('to', values.to);
     if (options.to <= options.from) throw new RangeError('--to must be after --from');
+  } else if (values.from !== undefined || values.to !== undefined) {
+    throw new RangeError('a Tardis replay needs both --from and --to');
   }
-  if (!options.help && !options.source && !options.live && !options.from) {
-    throw new RangeError('choose a source: --source FILE, --from DATE (Tardis replay) or --live');
+  if (options.help) return options;
+  if (options.source && options.live) throw new RangeError('--source and --live are exclusive');
+  if (!options.source && !options.live && !options.from) {
+    throw new RangeError('choose a source: --source FILE, --live, or a Tardis replay with --from and --to');
   }
-  if (options.fallbackReplay && !options.source && !options.from) {
-    throw new RangeError('--fallback-replay needs something to replay: --source FILE or --from DATE');
-  }
+  if (options.fallbackReplay && !options.live) throw new RangeError('--fallback-replay only applies to --live');
   return options;
 }
 
@@ -105,13 +110,16 @@ export function parseOptions(argv, env = process.env) {
  */
 export function buildEvents(options, { signal, log, tardis = {} }) {
   const { exchange, symbols } = options;
+  if (options.source) {
+    const fallbackNativeSymbol = toNativeSymbol(exchange, symbols[0]);
+    return paced(fileEvents(options.source, { fallbackNativeSymbol }), options.speed, signal);
+  }
   const replay = () => {
-    if (options.source) {
-      const fallbackNativeSymbol = toNativeSymbol(exchange, symbols[0]);
-      return paced(fileEvents(options.source, { fallbackNativeSymbol }), options.speed, signal);
-    }
-    const events = replayEvents({ exchange, userSymbols: symbols, from: options.from.toISOString(),
-      to: options.to.toISOString(), apiKey: process.env.TARDIS_API_KEY }, tardis.replay);
+    // Live fallback without --from/--to replays the same hour one day ago, as the Python worker does.
+    const from = options.from ?? new Date(Math.floor((Date.now() - DAY_MS) / HOUR_MS) * HOUR_MS);
+    const to = options.to ?? new Date(from.getTime() + HOUR_MS);
+    const events = replayEvents({ exchange, userSymbols: symbols, from: from.toISOString(),
+      to: to.toISOString(), apiKey: process.env.TARDIS_API_KEY }, tardis.replay);
     return paced(events, options.speed, signal);
   };
   if (!options.live) return replay();
