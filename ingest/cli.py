@@ -85,7 +85,7 @@ def _replay_window(args: argparse.Namespace) -> tuple[str, str]:
 def build_source(args: argparse.Namespace, spec: ExchangeSpec | None, symbols: list[str],
                  stats: SourceStats) -> AsyncIterator[SourceItem]:
     if args.source:
-        return paced(file_ticks(args.source), args.speed)
+        return paced(file_ticks(args.source, stats), args.speed)
 
     def replay() -> AsyncIterator[SourceItem]:
         from_date, to_date = _replay_window(args)

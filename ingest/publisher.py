@@ -116,7 +116,7 @@ class TickPublisher:
     """
 
     def __init__(self, topic_path: str, *, client: Any = None, batch_size: int = 500,
-                 batch_latency_ms: int = 200, quiet: bool = False, out: TextIO = sys.stdout,
+                 batch_latency_ms: int = 200, quiet: bool = False, out: TextIO | None = None,
                  status_interval_s: float = 1.0) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1 tick")
@@ -127,7 +127,7 @@ class TickPublisher:
         self.batch_size = batch_size
         self.batch_latency_s = batch_latency_ms / 1000.0
         self.quiet = quiet
-        self.out = out
+        self.out = out  # None: whatever sys.stdout is when a line is printed
         self.status_interval_s = status_interval_s
         self.stats = PublishStats()
         self._pending: dict[tuple[str, str], _PendingBatch] = {}
@@ -221,5 +221,5 @@ class TickPublisher:
         price = tick[FIELD_PRICE]
         price_text = f"${price:.2f}" if isinstance(price, (int, float)) else f"${price}"
         print(f"🟢 {clock} | {tick[FIELD_SYMBOL]} | {price_text} | Vol: {self._volume_since_status:.4f} | "
-              f"Ticks: {self._ticks_seen:,} ({rate:.1f}/s)", file=self.out, flush=True)
+              f"Ticks: {self._ticks_seen:,} ({rate:.1f}/s)", file=self.out or sys.stdout, flush=True)
         self._last_status, self._volume_since_status = now, 0.0

@@ -262,9 +262,11 @@ async def live_with_fallback(live: AsyncIterator[SourceItem],
 # Files, and pacing for any historical source
 
 
-async def file_ticks(path: str) -> AsyncIterator[SourceItem]:
+async def file_ticks(path: str, stats: SourceStats | None = None) -> AsyncIterator[SourceItem]:
     """Ticks of a JSONL(.gz), Tardis CSV(.gz) or Binance CSV file (ingest.files.iter_ticks)."""
+    stats = stats if stats is not None else SourceStats()
     for count, tick in enumerate(iter_ticks(path), start=1):
+        stats.messages += 1
         yield tick
         if count % 2_000 == 0:
             await asyncio.sleep(0)  # let batch timers and signal handlers run

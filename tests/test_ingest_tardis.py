@@ -1,0 +1,142 @@
+"""The REAL tardis-client against a loopback server speaking Tardis.dev's replay format.
+
+GET {endpoint}/v1/data-feeds/{exchange}?from=ISO&offset=MINUTE&filters=... → gzip body of lines
+``<28-char ISO local timestamp> <raw exchange JSON>``; an empty line is a recorded disconnect.
+"""
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from ingest.exchanges import exchange_spec
+from ingest.sources import Disconnect, SourceStats, TardisReplayError, tardis_replay
+
+API_KEY = "TD.secret-key-that-must-never-be-logged"
+FROM, TO = "2020-03-01T00:00:00", "2020-03-01T00:02:00"
+
+
+def _trade(trade_id: int, price: str, ms: int, buyer_is_maker: bool) -> str:
+    return json.dumps({"stream": "btcusdt@trade", "data": {
+        "e": "trade", "E": ms + 1, "s": "BTCUSDT", "t": trade_id, "p": price, "q": "0.5", "b": 1, "a": 2,
+        "T": ms, "m": buyer_is_maker, "M": True}})
+
+
+BASE_MS = 1_583_020_800_000  # 2020-03-01T00:00:00Z
+SLICES = {
+    0: [f"2020-03-01T00:00:01.1234567Z {_trade(1, '8500.5', BASE_MS + 1_000, True)}",
+        f"2020-03-01T00:00:02.0000001Z {_trade(2, '8501.0', BASE_MS + 2_000, False)}",
+        "",  # the collector lost its connection here
+        f"2020-03-01T00:00:40.5000000Z {_trade(3, '8499.0', BASE_MS + 40_000, False)}"],
+    1: ['2020-03-01T00:01:00.0000000Z {"result":null,"id":1}',
+        "2020-03-01T00:01:05.0000000Z {not json",
+        f"2020-03-01T00:01:30.0000000Z {_trade(4, '8510.0', BASE_MS + 90_000, True)}"],
+}
+
+
+class _TardisHandler(BaseHTTPRequestHandler):
+    requests: list[dict] = []
+    reject_with_401 = False
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        url = urlparse(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        type(self).requests.append({"path": url.path, "query": query,
+                                    "authorization": self.headers.get("Authorization")})
+        if type(self).reject_with_401:
+            # A hostile/buggy server echoing the credentials: they must not reach our errors.
+            body = f"invalid key {self.headers.get('Authorization')}".encode()
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        lines = SLICES.get(int(query["offset"]), [])
+        body = gzip.compress(("\n".join(lines) + "\n").encode()) if lines else gzip.compress(b"")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture()
+def tardis_server() -> Iterator[tuple[str, type[_TardisHandler]]]:
+    handler = type("Handler", (_TardisHandler,), {"requests": [], "reject_with_401": False})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+async def _collect(endpoint: str, cache_dir: str, stats: SourceStats) -> list:
+    source = tardis_replay(exchange_spec("binance"), ["BTC-USDT"], FROM, TO, api_key=API_KEY,
+                           endpoint=endpoint, cache_dir=cache_dir, stats=stats, http_timeout=10)
+    return [item async for item in source]
+
+
+def test_replay_gives_ticks_and_a_disconnect_marker_and_never_logs_the_key(
+        tardis_server, tmp_path, caplog, capsys) -> None:
+    endpoint, handler = tardis_server
+    caplog.set_level(logging.DEBUG)
+    stats = SourceStats()
+    items = asyncio.run(asyncio.wait_for(_collect(endpoint, str(tmp_path), stats), timeout=30))
+
+    ticks = [item for item in items if not isinstance(item, Disconnect)]
+    markers = [item for item in items if isinstance(item, Disconnect)]
+    assert [t["id"] for t in ticks] == ["1", "2", "3", "4"]
+    assert [t["side"] for t in ticks] == ["sell", "buy", "buy", "sell"]
+    assert ticks[0]["symbol"] == "BTC-USDT" and ticks[0]["nativeSymbol"] == "BTCUSDT"
+    assert ticks[0]["price"] == 8500.5 and ticks[0]["timestamp"] == "2020-03-01T00:00:01.000000Z"
+    assert ticks[0]["localTimestamp"] == "2020-03-01T00:00:01.123456Z"
+    # The disconnect comes between trades 2 and 3, stamped at the last local time seen.
+    assert items.index(markers[0]) == 2
+    assert markers[0].as_marker() == {"exchange": "binance", "symbol": "BTC-USDT",
+                                      "timestamp": "2020-03-01T00:00:02.000000Z"}
+    assert stats.disconnects == 1 and stats.malformed == 1 and stats.messages == 6
+
+    # Two one-minute slices, requested the way Tardis.dev's API expects, with the bearer key.
+    assert sorted(int(r["query"]["offset"]) for r in handler.requests) == [0, 1]
+    request = handler.requests[0]
+    assert request["path"] == "/v1/data-feeds/binance"
+    assert request["query"]["from"] == "2020-03-01T00:00:00"
+    assert json.loads(request["query"]["filters"]) == [{"channel": "trade", "symbols": ["btcusdt"]}]
+    assert all(r["authorization"] == f"Bearer {API_KEY}" for r in handler.requests)
+
+    captured = capsys.readouterr()
+    assert "not json" in caplog.text  # the malformed line was reported, not silently dropped
+    assert API_KEY not in caplog.text and API_KEY not in captured.out + captured.err
+
+    # Cached slices are not fetched again.
+    asyncio.run(asyncio.wait_for(_collect(endpoint, str(tmp_path), SourceStats()), timeout=30))
+    assert len(handler.requests) == 2
+
+
+def test_replay_failure_is_a_clear_error_without_the_key(tardis_server, tmp_path, caplog, capsys) -> None:
+    endpoint, handler = tardis_server
+    handler.reject_with_401 = True
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(TardisReplayError) as raised:
+        asyncio.run(asyncio.wait_for(_collect(endpoint, str(tmp_path), SourceStats()), timeout=30))
+    message = str(raised.value)
+    assert "401" in message or "invalid key" in message
+    assert API_KEY not in message and "***" in message
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    captured = capsys.readouterr()
+    assert API_KEY not in caplog.text and API_KEY not in captured.out + captured.err
