@@ -15,25 +15,27 @@ export function pythonFloatRepr(value) {
   if (value === Infinity) return 'Infinity';
   if (value === -Infinity) return '-Infinity';
   if (value === 0) return Object.is(value, -0) ? '-0.0' : '0.0';
+  const magnitude = Math.abs(value);
+  if (magnitude >= 1e-4 && magnitude < 1e16) {
+    // Both languages print the shortest round-trip digits; in this range JS never uses exponents.
+    const text = String(value);
+    return text.includes('.') ? text : `${text}.0`;
+  }
   const [mantissa, exponentText] = value.toExponential().split('e');
   const exponent = Number(exponentText);
-  const negative = mantissa.startsWith('-');
-  const digits = mantissa.replace('-', '').replace('.', '');
-  const sign = negative ? '-' : '';
-  if (exponent < -4 || exponent >= 16) {
-    const fraction = digits.length > 1 ? `${digits[0]}.${digits.slice(1)}` : digits;
-    const expSign = exponent < 0 ? '-' : '+';
-    return `${sign}${fraction}e${expSign}${String(Math.abs(exponent)).padStart(2, '0')}`;
-  }
-  if (exponent < 0) return `${sign}0.${'0'.repeat(-exponent - 1)}${digits}`;
-  const integerPart = digits.slice(0, exponent + 1).padEnd(exponent + 1, '0');
-  const fractionPart = digits.slice(exponent + 1);
-  return `${sign}${integerPart}.${fractionPart || '0'}`;
+  const exponentDigits = String(Math.abs(exponent)).padStart(2, '0');
+  return `${mantissa}e${exponent < 0 ? '-' : '+'}${exponentDigits}`;
 }
+
+const NON_ASCII = /[\u007f-\uffff]/;
+const PLAIN_ASCII = /^[\u0020\u0021\u0023-\u005b\u005d-\u007e]*$/; // nothing to escape
 
 /** A JS string as Python's json module quotes it (ensure_ascii=True). */
 export function pythonJsonString(text) {
-  return JSON.stringify(text).replace(
+  if (PLAIN_ASCII.test(text)) return `"${text}"`;
+  const quoted = JSON.stringify(text);
+  if (!NON_ASCII.test(quoted)) return quoted;
+  return quoted.replace(
     /[\u007f-\uffff]/g, (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
@@ -55,10 +57,13 @@ export function pythonDumps(value, asFloat = false) {
   if (typeof value === 'string') return pythonJsonString(value);
   if (Array.isArray(value)) return `[${value.map((item) => pythonDumps(item)).join(',')}]`;
   if (typeof value === 'object') {
-    const members = Object.entries(value)
-      .filter(([, item]) => item !== undefined)
-      .map(([key, item]) => `${pythonJsonString(key)}:${pythonDumps(item, FLOAT_FIELDS.has(key))}`);
-    return `{${members.join(',')}}`;
+    let text = '';
+    for (const key in value) {
+      const item = value[key];
+      if (item === undefined) continue;
+      text += `${text ? ',' : ''}${pythonJsonString(key)}:${pythonDumps(item, FLOAT_FIELDS.has(key))}`;
+    }
+    return `{${text}}`;
   }
   throw new TypeError(`cannot serialise ${typeof value} as JSON`);
 }

@@ -1,0 +1,112 @@
+// End to end against the official Pub/Sub emulator on loopback: the CLI publishes a fixture file
+// (and an injected live feed), a subscription pulls, and every tick must arrive exactly once.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+import { PubSub } from '@google-cloud/pubsub';
+
+import { main } from '../src/cli.js';
+import { parseTimeUs } from '../src/message.js';
+import { startEmulator } from './helpers/emulator.js';
+
+const PROJECT = 'node-ingest-test';
+const fixture = (name) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
+let emulator;
+let client;
+
+before(async () => {
+  process.env.METADATA_SERVER_DETECTION = 'none'; // no GCE metadata probing on a dev box
+  emulator = await startEmulator();
+  process.env.PUBSUB_EMULATOR_HOST = emulator.host;
+  client = new PubSub({ projectId: PROJECT });
+});
+
+after(async () => {
+  await client?.close();
+  delete process.env.PUBSUB_EMULATOR_HOST;
+  await emulator?.stop();
+});
+
+async function topicWithSubscription(name) {
+  const [topic] = await client.createTopic(name);
+  const [subscription] = await topic.createSubscription(`${name}-sub`);
+  return subscription;
+}
+
+/** Pull until `expectedTicks` ticks arrived, then a little longer to catch duplicates. */
+async function pullTicks(subscription, expectedTicks, { timeoutMs = 20_000, settleMs = 1000 } = {}) {
+  const messages = [];
+  let ticks = 0;
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => resolve(), timeoutMs);
+    subscription.on('error', reject);
+    subscription.on('message', (message) => {
+      message.ack();
+      messages.push(message);
+      ticks += Number(message.attributes.count);
+      if (ticks >= expectedTicks) { clearTimeout(timer); setTimeout(resolve, settleMs); }
+    });
+  });
+  await subscription.close();
+  return messages;
+}
+
+function checkMessages(messages) {
+  const ticks = [];
+  for (const message of messages) {
+    const payload = JSON.parse(message.data.toString());
+    const batch = payload.ticks ?? [payload];
+    const times = [...batch, ...(payload.disconnects ?? [])].map((t) => parseTimeUs(t.timestamp));
+    assert.equal(message.attributes.ts, String(Math.floor(Math.min(...times) / 1000)));
+    assert.equal(message.attributes.count, String(batch.length));
+    for (const tick of batch) {
+      assert.equal(tick.exchange, message.attributes.exchange);
+      assert.equal(tick.symbol, message.attributes.symbol);
+    }
+    if (batch.length === 1 && !payload.disconnects) {
+      assert.equal(message.attributes.mds_id, `${batch[0].exchange}:${batch[0].symbol}:${batch[0].id}`);
+    } else {
+      assert.match(message.attributes.mds_id, /^batch:[0-9a-f]{40}$/);
+    }
+    ticks.push(...batch);
+  }
+  return ticks;
+}
+
+test('a Binance trades file is published and every tick arrives exactly once', async () => {
+  const subscription = await topicWithSubscription('file-ticks');
+  const out = [];
+  const code = await main(['--source', fixture('BTCUSDT-trades-2017-08-17.csv'), '--topic', 'file-ticks',
+    '--project', PROJECT, '--create-topic', '--batch-size', '64', '--speed', '0'],
+  { out: (line) => out.push(line), log: () => {}, handleSignals: false });
+  assert.equal(code, 0);
+  assert.match(out.join('\n'), /ingest summary: 300 ticks in 5 messages/);
+  assert.match(out.join('\n'), /estimated Pub\/Sub cost: \$/);
+  const messages = await pullTicks(subscription, 300);
+  const ticks = checkMessages(messages);
+  assert.equal(messages.length, 5);
+  const ids = ticks.map((t) => Number(t.id)).sort((a, b) => a - b);
+  assert.deepEqual(ids, Array.from({ length: 300 }, (_, i) => i));
+  assert.equal(ticks.find((t) => t.id === '0').price, 4261.48);
+});
+
+test('an injected live feed with a disconnect reaches Pub/Sub with its marker', async () => {
+  const subscription = await topicWithSubscription('live-ticks');
+  const now = Date.now();
+  async function* feed() {
+    for (let i = 0; i < 5; i += 1) {
+      yield { type: 'trade', symbol: 'BTCUSDT', exchange: 'binance', id: String(100 + i), price: 67000 + i,
+        amount: 0.01, side: i % 2 ? 'sell' : 'buy', timestamp: new Date(now + i), localTimestamp: new Date(now + i + 5) };
+      if (i === 2) yield { type: 'disconnect', exchange: 'binance', localTimestamp: new Date(now + 3), symbols: undefined };
+    }
+  }
+  const code = await main(['--live', '--topic', 'live-ticks', '--project', PROJECT, '--quiet',
+    '--batch-latency-ms', '50'], { out: () => {}, log: () => {}, handleSignals: false, tardis: { stream: () => feed() } });
+  assert.equal(code, 0);
+  const messages = await pullTicks(subscription, 5);
+  const ticks = checkMessages(messages);
+  assert.deepEqual(ticks.map((t) => t.id).sort(), ['100', '101', '102', '103', '104']);
+  const markers = messages.flatMap((m) => JSON.parse(m.data.toString()).disconnects ?? []);
+  assert.deepEqual(markers.map((m) => [m.exchange, m.symbol]), [['binance', 'BTC-USDT']]);
+});
