@@ -140,3 +140,41 @@ def test_sigint_flushes_pending_batches_and_exits_cleanly_with_a_summary(emulato
     assert 0 < published < 1000  # stopped mid-file, yet the half-full batch went out
     messages = _pull_all(subscription, published)
     assert sum(len(json.loads(m.data)[BATCH_KEY]) for m in messages) == published
+
+
+def test_live_cli_streams_a_websocket_into_pubsub_for_the_given_duration(emulator, capsys) -> None:
+    """``mds ingest --live --ws-url ... --duration``: the whole live path, exchange to topic."""
+    import asyncio
+    import threading
+
+    from websockets.asyncio.server import serve
+
+    from tests.test_ingest_live import ScriptedExchange, _binance_trade
+
+    _, subscription = ensure_topic_and_subscription(PROJECT, "ticks-live", "ticks-live-sub")
+    exchange = ScriptedExchange([[_binance_trade(i) for i in range(1, 8)]])
+    ready, stop = threading.Event(), threading.Event()
+
+    def serve_exchange() -> None:
+        async def run() -> None:
+            async with serve(exchange.handler, "127.0.0.1", exchange.port):
+                ready.set()
+                while not stop.is_set():
+                    await asyncio.sleep(0.05)
+        asyncio.run(run())
+
+    server_thread = threading.Thread(target=serve_exchange, daemon=True)
+    server_thread.start()
+    try:
+        assert ready.wait(10)
+        code = main(["--live", "--exchange", "binance", "--symbol", "BTC-USDT", "--ws-url", exchange.url,
+                     "--duration", "2", "--topic", "ticks-live", "--project", PROJECT, "--quiet"])
+    finally:
+        stop.set()
+        server_thread.join(timeout=10)
+    assert code == 0
+    assert "published 7 ticks" in capsys.readouterr().out
+    messages = _pull_all(subscription, 7)
+    ids = [tick["id"] for m in messages for tick in json.loads(m.data)[BATCH_KEY]]
+    assert sorted(ids, key=int) == [str(i) for i in range(1, 8)]
+    assert exchange.subscriptions == [{"method": "SUBSCRIBE", "params": ["btcusdt@trade"], "id": 1}]
