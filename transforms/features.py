@@ -263,6 +263,17 @@ def compute_features(candles: Mapping[str, np.ndarray],
     """
     seconds = _checked_timeframe(timeframe_seconds)
     bars = _checked_series(candles)
+    # Overflow (a ratio over a subnormal denominator) and inf − inf are expected on absurd but
+    # valid input; their results are mapped to NaN below, so numpy need not warn about them.
+    with np.errstate(over="ignore", invalid="ignore"):
+        features = _feature_arrays(bars, seconds)
+    # An overflowed ratio is no number either (and BigQuery's JSON insert rejects infinities),
+    # so every feature is finite or NaN.
+    return {name: np.where(np.isfinite(features[name]), features[name], np.nan)
+            for name in FEATURE_NAMES}
+
+
+def _feature_arrays(bars: Mapping[str, np.ndarray], seconds: float) -> dict[str, np.ndarray]:
     open_, high, low, close = bars["open"], bars["high"], bars["low"], bars["close"]
     volume, quote_volume, trades = bars["volume"], bars["quote_volume"], bars["trades"]
     size = close.size
@@ -310,7 +321,7 @@ def compute_features(candles: Mapping[str, np.ndarray],
     upper, _, lower = bollinger_bands(close)
     features["bb_position"] = _safe_divide(close - lower, upper - lower)
     features["macd"], features["macd_signal"], features["macd_hist"] = macd(close)
-    return {name: features[name] for name in FEATURE_NAMES}
+    return features
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,11 +399,12 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 def features_to_row(values: Mapping[str, float]) -> dict[str, float | None]:
-    """Feature values as a BigQuery-ready row fragment: plain floats, NaN → None."""
+    """Feature values as a BigQuery-ready row fragment: plain floats, NaN (or an overflowed
+    ratio, as in compute_features) → None."""
     row: dict[str, float | None] = {}
     for name in FEATURE_NAMES:
         value = float(values[name])
-        row[name] = None if math.isnan(value) else value
+        row[name] = value if math.isfinite(value) else None
     return row
 
 
