@@ -19,7 +19,7 @@ from ingest.exchanges import ExchangeSpec
 from ingest.files import iter_ticks
 from ingest.message import (FIELD_EXCHANGE, FIELD_ID, FIELD_NATIVE_SYMBOL, FIELD_SYMBOL,
                             FIELD_TIMESTAMP, iso_from_us, parse_time_us)
-from ingest.normalizers import MalformedMessage, Tick, normalize
+from ingest.normalizers import Tick, normalize
 
 logger = logging.getLogger(__name__)
 
