@@ -110,3 +110,24 @@ test('an injected live feed with a disconnect reaches Pub/Sub with its marker', 
   const markers = messages.flatMap((m) => JSON.parse(m.data.toString()).disconnects ?? []);
   assert.deepEqual(markers.map((m) => [m.exchange, m.symbol]), [['binance', 'BTC-USDT']]);
 });
+
+test('SIGTERM mid-replay flushes pending batches, prints stats lines and a summary, exits 0', async () => {
+  const { spawn } = await import('node:child_process');
+  const subscription = await topicWithSubscription('signal-ticks');
+  const bin = fileURLToPath(new URL('../bin/mds-ingest.js', import.meta.url));
+  const child = spawn(process.execPath, [bin, '--source', fixture('BTCUSDT-trades-2017-08-17.csv'),
+    '--topic', 'signal-ticks', '--project', PROJECT, '--speed', '300', '--batch-latency-ms', '10000'],
+  { env: { ...process.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  child.stdout.on('data', (chunk) => { stdout += chunk; });
+  const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
+  await new Promise((resolve) => { setTimeout(resolve, 2500); });
+  child.kill('SIGTERM');
+  assert.equal(await exited, 0);
+  assert.match(stdout, /🟢 \d\d:\d\d:\d\d \| BTC-USDT \| \$\d+\.\d\d \| Vol: \d+\.\d{4} \| Ticks: [\d,]+ \(\d+\.\d\/s\)/);
+  const published = Number(/ingest summary: ([\d,]+) ticks/.exec(stdout)[1].replaceAll(',', ''));
+  assert.ok(published > 0 && published < 300, `published ${published}`);
+  const ticks = checkMessages(await pullTicks(subscription, published));
+  assert.equal(ticks.length, published); // the batch pending at the signal was flushed, nothing twice
+  assert.equal(new Set(ticks.map((t) => t.id)).size, published);
+});
