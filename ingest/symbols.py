@@ -23,7 +23,8 @@ def to_user_symbol(native: str) -> str:
             return f"{parts[0]}-{parts[1]}"
         return text
     for quote in _QUOTES:
-        if text.endswith(quote) and len(text) > len(quote):
+        # A base of at least 3 letters: XBTUSD is XBT-USD, not XB-TUSD.
+        if text.endswith(quote) and len(text) - len(quote) >= 3:
             return f"{text[:-len(quote)]}-{quote}"
     return text
 

@@ -1,0 +1,174 @@
+"""The market-data pipeline: ticks in (Pub/Sub, or a file), ticks and/or candles out.
+
+``build_pipeline`` extends a Pipeline and is shared by every way of running it: ``mds run``
+(streaming, Pub/Sub), ``mds replay`` (bounded file replay on the DirectRunner), the Flex Template
+(``templates/main.py``) and the tests.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.pvalue import PCollection
+
+from ingest.files import iter_records
+from pipelines.options import MarketDataOptions
+from transforms.candles import CandlesFromTicks, parse_timeframes
+from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
+from transforms.sequencer import SequenceCandles
+from transforms.sinks import FinalizeRowsFn, PrintCandlesFn, WriteJsonLines
+from transforms.ticks import DedupTicks, LateTicksToDeadLetterFn, ParseTicks, tick_rows
+
+CSV_CHUNK_TICKS = 2_000  # ticks per element when replaying CSV files
+# Downstream windows keep this much more lateness than the tick guard, so a tick the guard lets
+# through is never dropped by a window that closed a moment earlier.
+LATENESS_MARGIN_SECONDS = 60
+
+
+class ReadTickFileFn(beam.DoFn):
+    """A trades file path → elements ParseTicksFn understands: JSONL lines, or CSV record chunks."""
+
+    def __init__(self, chunk_size: int = CSV_CHUNK_TICKS, progress_total: Optional[int] = None) -> None:
+        self._chunk_size = chunk_size
+        self._progress_total = progress_total
+
+    def process(self, path: str) -> Iterator[Any]:
+        progress = None
+        if self._progress_total:
+            from tqdm import tqdm
+
+            progress = tqdm(total=self._progress_total, unit="ticks", unit_scale=True,
+                            desc="replay", file=sys.stderr, leave=False)
+        chunk: list[Any] = []
+        for record in iter_records(path):
+            if isinstance(record, str):
+                yield record
+                if progress is not None:
+                    progress.update(1)
+                continue
+            chunk.append(record)
+            if len(chunk) >= self._chunk_size:
+                yield chunk
+                if progress is not None:
+                    progress.update(len(chunk))
+                chunk = []
+        if chunk:
+            yield chunk
+        if progress is not None:
+            progress.close()
+
+
+class ReadTicks(beam.PTransform):
+    """Raw tick input: Pub/Sub messages (event time from the ``ts`` attribute) or a file."""
+
+    def __init__(self, input_subscription: Optional[str], input_file: Optional[str],
+                 progress_total: Optional[int] = None) -> None:
+        super().__init__()
+        if bool(input_subscription) == bool(input_file):
+            raise ValueError("give exactly one of --input_subscription and --input_file")
+        self._subscription = input_subscription
+        self._file = input_file
+        self._progress_total = progress_total
+
+    def expand(self, begin: beam.pvalue.PBegin) -> PCollection:
+        if self._file:
+            return (begin
+                    | "FilePath" >> beam.Create([self._file])
+                    | "ReadFile" >> beam.ParDo(ReadTickFileFn(progress_total=self._progress_total)))
+        return begin | "ReadPubSub" >> beam.io.ReadFromPubSub(
+            subscription=self._subscription, timestamp_attribute="ts", with_attributes=True)
+
+
+@dataclass
+class PipelineOutputs:
+    """The row collections a pipeline produced, for sinks and tests."""
+
+    ticks: Optional[PCollection]
+    candles: Optional[PCollection]
+    dead_letter: PCollection
+
+
+class MarketData(beam.PTransform):
+    """Raw messages → tick rows, candle rows (with features) and dead-letter rows (µs times)."""
+
+    def __init__(self, options: MarketDataOptions, bounded: bool) -> None:
+        super().__init__()
+        self._options = options
+        self._bounded = bounded
+
+    def expand(self, messages: PCollection) -> PipelineOutputs:
+        opts = self._options
+        parsed = messages | "ParseTicks" >> ParseTicks(opts.max_future_seconds)
+        guarded = parsed.ticks | "DedupTicks" >> DedupTicks(opts.allowed_lateness_seconds,
+                                                            max(opts.idle_timeout_seconds,
+                                                                opts.allowed_lateness_seconds))
+        late_rows = guarded.late | "LateToDeadLetter" >> beam.ParDo(LateTicksToDeadLetterFn())
+        dead_letter = (parsed.dead_letter, late_rows) | "AllDeadLetters" >> beam.Flatten()
+        ticks = candles = None
+        if opts.mode in ("ticks", "both"):
+            ticks = guarded.unique | "TickRows" >> beam.FlatMap(tick_rows)
+        if opts.mode in ("candles", "both"):
+            timeframes = parse_timeframes(opts.timeframes)
+            labels = {label for label, _ in timeframes}
+            feature_timeframes = ({label for label, _ in parse_timeframes(opts.feature_timeframes)}
+                                  if opts.feature_timeframes.strip() else set())
+            if not feature_timeframes <= labels:
+                raise ValueError(f"--feature_timeframes {sorted(feature_timeframes - labels)} are "
+                                 f"not in --timeframes")
+            candles = (guarded.unique
+                       | "Candles" >> CandlesFromTicks(
+                           timeframes, opts.allowed_lateness_seconds + LATENESS_MARGIN_SECONDS,
+                           opts.early_firing_seconds, self._bounded)
+                       | "SequenceCandles" >> SequenceCandles(
+                           timeframes, feature_timeframes, opts.gap_candles,
+                           opts.idle_timeout_seconds, opts.allowed_lateness_seconds,
+                           self._bounded))
+        return PipelineOutputs(ticks, candles, dead_letter)
+
+
+def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
+                   progress_total: Optional[int] = None,
+                   console_timeframes: Optional[set[str]] = None) -> PipelineOutputs:
+    """Adds the whole job (read, transform, write every configured sink) to ``pipeline``."""
+    opts = options.view_as(MarketDataOptions)
+    bounded = bool(opts.input_file)
+    messages = pipeline | "ReadTicks" >> ReadTicks(opts.input_subscription, opts.input_file,
+                                                    progress_total)
+    outputs = messages | "MarketData" >> MarketData(opts, bounded)
+    tables = {TICKS_TABLE: outputs.ticks, CANDLES_TABLE: outputs.candles,
+              DEAD_LETTER_TABLE: outputs.dead_letter}
+    for table, rows in tables.items():
+        if rows is None:
+            continue
+        if opts.output_dir:
+            rows | f"Write{table}Jsonl" >> WriteJsonLines(opts.output_dir, table)
+    if outputs.candles is not None and opts.output_topic:
+        (outputs.candles
+         | "CandleMessages" >> beam.ParDo(FinalizeRowsFn(CANDLES_TABLE))
+         | "CandleJson" >> beam.Map(lambda row: json.dumps(row, separators=(",", ":")).encode("utf-8"))
+         | "PublishCandles" >> beam.io.WriteToPubSub(opts.output_topic))
+    if outputs.candles is not None and console_timeframes:
+        outputs.candles | "Console" >> beam.ParDo(PrintCandlesFn(console_timeframes))
+    return outputs
+
+
+def run(argv: Optional[list[str]] = None) -> beam.runners.runner.PipelineResult:
+    """Starts the streaming job (Flex Template and ``mds run`` entry point)."""
+    options = PipelineOptions(argv)
+    opts = options.view_as(MarketDataOptions)
+    options.view_as(StandardOptions).streaming = not opts.input_file
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, options,
+                   console_timeframes={"1m"} if opts.console else None)
+    return pipeline.run()
+
+
+def main(argv: list[str]) -> int:
+    logging.getLogger().setLevel(logging.INFO)
+    run(argv).wait_until_finish()
+    return 0

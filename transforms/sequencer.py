@@ -1,0 +1,287 @@
+"""Candle series per (exchange, symbol, timeframe): order, gap candles, revisions, HFT features.
+
+Windowed combines emit candles per window, in no particular order, and nothing for an empty
+window. Features need the opposite: one contiguous, ordered series per key. ``SequenceCandlesFn``
+turns the first into the second in the global window: it buffers final candles until the
+watermark says every earlier window is complete, fills empty intervals with gap candles, computes
+the features incrementally (bounded state, O(1) per candle), and owns each candle's ``revision``
+so a late correction is re-emitted with revision+1 together with the later rows whose features it
+changes. ``OrderedListState`` would do the buffering, but Dataflow Runner v2 does not support it
+for Python, so the buffer is a bag sorted here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
+
+from transforms import features
+from transforms.candles import PANE_INDEX
+from transforms.features import FEATURE_NAMES
+
+FEATURE_HISTORY = 40  # candles of history kept per key: covers every feature's look-back (≤ 34)
+_NO_FEATURES = dict.fromkeys(FEATURE_NAMES)
+_END_OF_TIME_US = window.GlobalWindow().max_timestamp().micros
+
+
+@dataclass
+class SeriesEntry:
+    """One emitted candle of the series, with what is needed to re-emit or recompute it."""
+
+    row: dict[str, Any]
+    state_before: Any  # features.FeatureState before this candle (None: no features)
+    pane_index: int  # newest pane applied: an older pane arriving later must not win
+
+
+@dataclass
+class SeriesState:
+    """Everything a key remembers between candles; bounded by FEATURE_HISTORY + lateness."""
+
+    next_start_us: int  # open time of the next window the series expects
+    last_trade_us: int  # newest tick seen: drives the idle timeout
+    history: list[SeriesEntry] = field(default_factory=list)
+    revisions: dict[int, int] = field(default_factory=dict)  # early-pane revisions of open windows
+    feature_state: Any = None
+
+    @property
+    def last_close(self) -> float:
+        return self.history[-1].row["close"]
+
+
+def gap_candle(previous: dict[str, Any], start_us: int, length_us: int) -> dict[str, Any]:
+    """An interval without trades: O=H=L=C=previous close, zero volume, vwap NULL."""
+    close = previous["close"]
+    return {
+        "exchange": previous["exchange"], "symbol": previous["symbol"],
+        "native_symbol": previous["native_symbol"], "timeframe": previous["timeframe"],
+        "timestamp_in": start_us, "window_end": start_us + length_us,
+        "open": close, "high": close, "low": close, "close": close,
+        "volume": 0.0, "quote_volume": 0.0, "trades": 0, "vwap": None,
+        "buy_volume": 0.0, "sell_volume": 0.0, "buy_trades": 0, "sell_trades": 0,
+        "first_trade_id": None, "last_trade_id": None, "first_tick_time": None,
+        "last_tick_time": None, "is_gap": True, "is_partial": False, "is_final": True,
+    }
+
+
+class SequenceCandlesFn(beam.DoFn):
+    """Keyed by (exchange, symbol, timeframe); candles in, ordered candle rows with features out.
+
+    ``bounded`` (file replay): all input arrives before the watermark moves, so one flush at the
+    end of time replaces the per-window timer chain a stream needs.
+    """
+
+    PENDING = BagStateSpec("pending", PickleCoder())  # final candles the watermark has not released
+    SERIES = ReadModifyWriteStateSpec("series", PickleCoder())  # SeriesState of the key
+    FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)  # end of the next window to release or fill
+    FLUSH_AT = ReadModifyWriteStateSpec("flush_at", PickleCoder())  # when FLUSH is set (µs)
+
+    def __init__(self, timeframe_seconds: dict[str, int], feature_timeframes: set[str],
+                 gap_candles: bool, idle_timeout_seconds: int, allowed_lateness_seconds: int,
+                 bounded: bool) -> None:
+        self._timeframe_us = {label: s * 1_000_000 for label, s in timeframe_seconds.items()}
+        self._feature_timeframes = set(feature_timeframes)
+        self._gap_candles = gap_candles
+        self._idle_us = idle_timeout_seconds * 1_000_000
+        self._lateness_us = allowed_lateness_seconds * 1_000_000
+        self._bounded = bounded
+        self.corrections = Metrics.counter("candles", "corrected_candles")
+        self.gaps = Metrics.counter("candles", "gap_candles")
+        self.too_old = Metrics.counter("candles", "corrections_beyond_history")
+
+    def _history_limit(self, length_us: int) -> int:
+        return max(FEATURE_HISTORY, math.ceil(2 * self._lateness_us / length_us) + 2)
+
+    def process(self, element: tuple[tuple[str, str, str], dict[str, Any]],
+                pending: Any = beam.DoFn.StateParam(PENDING),
+                series_state: Any = beam.DoFn.StateParam(SERIES),
+                flush: Any = beam.DoFn.TimerParam(FLUSH),
+                flush_at: Any = beam.DoFn.StateParam(FLUSH_AT)) -> Iterator[dict[str, Any]]:
+        _, candle = element
+        series: SeriesState | None = series_state.read()
+        start = candle["timestamp_in"]
+        if not candle["is_final"]:  # provisional pane of a long window: straight out
+            revisions = series.revisions if series else {}
+            revision = revisions.get(start, -1) + 1
+            if series:
+                series.revisions[start] = revision
+                series_state.write(series)
+            row = dict(candle, revision=revision, **_NO_FEATURES)
+            del row[PANE_INDEX]
+            yield row
+            return
+        if series and start < series.next_start_us:
+            yield from self._correct(series, candle)
+            series_state.write(series)
+            return
+        pending.add(candle)
+        if series and candle["last_tick_time"]:
+            series.last_trade_us = max(series.last_trade_us, candle["last_tick_time"])
+            series_state.write(series)
+        release_at = _END_OF_TIME_US if self._bounded else candle["window_end"]
+        current = flush_at.read()
+        if current is None or release_at < current:
+            flush.set(Timestamp(micros=release_at))
+            flush_at.write(release_at)
+
+    @on_timer(FLUSH)
+    def release(self, pending: Any = beam.DoFn.StateParam(PENDING),
+                series_state: Any = beam.DoFn.StateParam(SERIES),
+                flush: Any = beam.DoFn.TimerParam(FLUSH),
+                flush_at: Any = beam.DoFn.StateParam(FLUSH_AT),
+                fired_at: Timestamp = beam.DoFn.TimestampParam) -> Iterator[dict[str, Any]]:
+        now_us = fired_at.micros
+        flush_at.clear()
+        series: SeriesState | None = series_state.read()
+        waiting = sorted(pending.read(), key=lambda c: (c["timestamp_in"], c[PANE_INDEX]))
+        pending.clear()
+        later = [c for c in waiting if c["window_end"] > now_us]
+        for candle in (c for c in waiting if c["window_end"] <= now_us):
+            if series and candle["timestamp_in"] < series.next_start_us:
+                yield from self._correct(series, candle)
+                continue
+            if series is None:
+                if not candle["trades"]:
+                    continue  # a disconnect marker before any trade: no price to build a candle on
+                series = SeriesState(next_start_us=candle["timestamp_in"],
+                                     last_trade_us=candle["last_tick_time"],
+                                     feature_state=self._initial_features(candle["timeframe"]))
+                candle = dict(candle, is_partial=True)  # first candle of the key since start
+            yield from self._fill_gaps(series, candle["timestamp_in"])
+            if not candle["trades"]:  # only a disconnect marker in this window
+                candle = dict(gap_candle(series.history[-1].row, candle["timestamp_in"],
+                                         self._timeframe_us[candle["timeframe"]]), is_partial=True)
+            yield self._append(series, candle)
+        for candle in later:
+            pending.add(candle)
+        if series is None:
+            return
+        yield from self._fill_gaps(series, now_us, trailing=True)
+        idle_at = series.last_trade_us + self._idle_us
+        if not later and now_us >= idle_at:
+            series_state.clear()  # the key went silent: forget it
+            return
+        series_state.write(series)
+        if self._bounded:
+            return
+        # Wake up for the next pending candle, the next window to fill, or to forget an idle key.
+        gap_end = series.next_start_us + self._timeframe_us[series.history[-1].row["timeframe"]]
+        wake_ups = [gap_end if self._gap_candles and gap_end <= idle_at else idle_at]
+        if later:
+            wake_ups.append(later[0]["window_end"])
+        next_flush = max(min(wake_ups), now_us + 1)
+        flush.set(Timestamp(micros=next_flush))
+        flush_at.write(next_flush)
+
+    def _initial_features(self, timeframe: str) -> Any:
+        return features.initial_state() if timeframe in self._feature_timeframes else None
+
+    def _fill_gaps(self, series: SeriesState, until_us: int, trailing: bool = False) -> Iterator[dict[str, Any]]:
+        """Gap candles for the empty windows before ``until_us`` (trailing: windows that have
+        ended by then, while the key is not idle)."""
+        if not self._gap_candles or not series.history:
+            if series.history and not trailing:
+                series.next_start_us = until_us
+            return
+        previous = series.history[-1].row
+        length = self._timeframe_us[previous["timeframe"]]
+        while True:
+            start = series.next_start_us
+            end = start + length
+            if trailing:
+                if end > until_us or end > series.last_trade_us + self._idle_us:
+                    return
+            elif start >= until_us:
+                return
+            self.gaps.inc()
+            yield self._append(series, gap_candle(series.history[-1].row, start, length))
+
+    def _append(self, series: SeriesState, candle: dict[str, Any]) -> dict[str, Any]:
+        """Adds a final candle at the end of the series and returns its output row."""
+        state_before = series.feature_state
+        row = dict(candle, is_final=True, revision=series.revisions.pop(candle["timestamp_in"], -1) + 1)
+        pane_index = row.pop(PANE_INDEX, 0)
+        row.update(self._features(series, row))
+        series.history.append(SeriesEntry(row, state_before, pane_index))
+        length = self._timeframe_us[row["timeframe"]]
+        del series.history[:-self._history_limit(length)]
+        series.next_start_us = row["timestamp_in"] + length
+        if row["last_tick_time"]:
+            series.last_trade_us = max(series.last_trade_us, row["last_tick_time"])
+        return row
+
+    def _features(self, series: SeriesState, row: dict[str, Any]) -> dict[str, Any]:
+        if series.feature_state is None:
+            return _NO_FEATURES
+        series.feature_state, values = features.step(
+            series.feature_state, row, self._timeframe_us[row["timeframe"]] / 1_000_000)
+        return values
+
+    def _correct(self, series: SeriesState, candle: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """A late pane for an emitted window: replace it, recompute what depends on it, re-emit
+        every row that changed with revision+1."""
+        start = candle["timestamp_in"]
+        index = next((i for i, e in enumerate(series.history) if e.row["timestamp_in"] == start), None)
+        if index is None:  # older than the history (lateness > history): emit it alone
+            self.too_old.inc()
+            row = dict(candle, revision=1, **_NO_FEATURES)
+            del row[PANE_INDEX]
+            yield row
+            return
+        if candle[PANE_INDEX] <= series.history[index].pane_index:
+            return  # an older pane of a window already corrected by a newer one
+        self.corrections.inc()
+        series.history[index].pane_index = candle[PANE_INDEX]
+        entries = series.history[index:]
+        old_rows = [e.row for e in entries]
+        first = entries[0].row
+        if candle["trades"]:
+            replaced = dict(candle, is_final=True, is_gap=False,
+                            is_partial=bool(first["is_partial"] or candle["is_partial"]))
+            del replaced[PANE_INDEX]
+        else:  # only a late disconnect marker: the candle's values stand, it becomes partial
+            replaced = dict(first, is_partial=True)
+        state = entries[0].state_before
+        previous_close = None
+        for offset, entry in enumerate(entries):
+            base = replaced if offset == 0 else entry.row
+            if base["is_gap"] and previous_close is not None:
+                base = dict(base, open=previous_close, high=previous_close, low=previous_close,
+                            close=previous_close)
+            entry.state_before = state
+            row = dict(base)
+            if state is not None:
+                state, values = features.step(state, row, self._timeframe_us[row["timeframe"]] / 1e6)
+                row.update(values)
+            previous_close = row["close"]
+            if row != old_rows[offset]:
+                row["revision"] = old_rows[offset]["revision"] + 1
+                entry.row = row
+                yield row
+        series.feature_state = state
+        if candle["last_tick_time"]:
+            series.last_trade_us = max(series.last_trade_us, candle["last_tick_time"])
+
+
+class SequenceCandles(beam.PTransform):
+    """Candle panes of every timeframe → ordered candle rows with gaps, revisions and features."""
+
+    def __init__(self, timeframes: list[tuple[str, int]], feature_timeframes: set[str],
+                 gap_candles: bool, idle_timeout_seconds: int, allowed_lateness_seconds: int,
+                 bounded: bool) -> None:
+        super().__init__()
+        self._fn = SequenceCandlesFn(dict(timeframes), feature_timeframes, gap_candles,
+                                     idle_timeout_seconds, allowed_lateness_seconds, bounded)
+
+    def expand(self, candles: beam.PCollection) -> beam.PCollection:
+        return (candles
+                | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+                | "KeyBySeries" >> beam.Map(lambda c: ((c["exchange"], c["symbol"], c["timeframe"]), c))
+                | "Sequence" >> beam.ParDo(self._fn))

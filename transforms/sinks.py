@@ -1,0 +1,145 @@
+"""Output rows: latency columns, timestamp formatting, local JSONL files and console lines.
+
+Rows travel through the pipeline with times as µs integers; they are stamped with
+``timestamp_out``/``latency_ms`` and their TIMESTAMP columns turned into ISO-8601 UTC strings
+right before a sink writes them, so latency measures the whole pipeline (SPEC §4).
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterator, Optional
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, FIELDS, TICKS_TABLE
+
+# The column each table's latency is measured from.
+LATENCY_FROM = {CANDLES_TABLE: "window_end", TICKS_TABLE: "timestamp", DEAD_LETTER_TABLE: None}
+TIMESTAMP_COLUMNS = {table: tuple(f["name"] for f in fields if f["type"] == "TIMESTAMP")
+                     for table, fields in FIELDS.items()}
+COLUMNS = {table: tuple(f["name"] for f in fields) for table, fields in FIELDS.items()}
+
+
+def iso_utc(micros: int) -> str:
+    """µs since epoch → '2017-08-17T04:00:00.000000Z' (BigQuery and JSON readers accept it)."""
+    seconds, remainder = divmod(int(micros), 1_000_000)
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + \
+        f".{remainder:06d}Z"
+
+
+def finalize_row(row: dict[str, Any], table: str, now_us: Optional[int] = None) -> dict[str, Any]:
+    """Stamp processing time and latency, keep only the table's columns, format timestamps."""
+    now_us = int(time.time() * 1_000_000) if now_us is None else now_us
+    out = {name: row.get(name) for name in COLUMNS[table]}
+    out["timestamp_out"] = now_us
+    source = LATENCY_FROM[table]
+    if source is not None and row.get(source) is not None:
+        out["latency_ms"] = (now_us - row[source]) / 1000.0
+    for name in TIMESTAMP_COLUMNS[table]:
+        if out.get(name) is not None:
+            out[name] = iso_utc(out[name])
+    return out
+
+
+class FinalizeRowsFn(beam.DoFn):
+    """Applies ``finalize_row`` at the last step before a sink."""
+
+    def __init__(self, table: str) -> None:
+        self._table = table
+
+    def process(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        yield finalize_row(row, self._table)
+
+
+class AppendJsonLinesFn(beam.DoFn):
+    """Appends rows as JSON lines to a local file (DirectRunner runs: replay and local demo).
+
+    Works in batch and streaming alike, unlike WriteToText, whose streaming form needs windows.
+    """
+
+    _locks: dict[str, threading.Lock] = {}
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self.rows = Metrics.counter("sinks", f"jsonl_rows_{os.path.basename(path)}")
+
+    def setup(self) -> None:
+        self._lock = self._locks.setdefault(self._path, threading.Lock())
+        self._buffer: list[str] = []
+
+    def start_bundle(self) -> None:
+        self._buffer = []
+
+    def process(self, row: dict[str, Any]) -> None:
+        self._buffer.append(json.dumps(row, separators=(",", ":")))
+
+    def finish_bundle(self) -> None:
+        if not self._buffer:
+            return
+        with self._lock, open(self._path, "a", encoding="utf-8") as handle:
+            handle.write("\n".join(self._buffer) + "\n")
+        self.rows.inc(len(self._buffer))
+        self._buffer = []
+
+
+class WriteJsonLines(beam.PTransform):
+    """Rows of a table → DIR/<table>.jsonl (latency columns and ISO timestamps filled)."""
+
+    def __init__(self, output_dir: str, table: str) -> None:
+        super().__init__()
+        self._path = os.path.join(output_dir, f"{table}.jsonl")
+        self._table = table
+
+    def expand(self, rows: beam.PCollection) -> beam.PDone:
+        return (rows
+                | "Finalize" >> beam.ParDo(FinalizeRowsFn(self._table))
+                | "Append" >> beam.ParDo(AppendJsonLinesFn(self._path)))
+
+
+def _hhmmss(micros: int) -> str:
+    return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc).strftime("%H:%M:%S")
+
+
+def candle_console_lines(row: dict[str, Any], now_us: Optional[int] = None) -> list[str]:
+    """The seed-style lines of one candle row (and its features, when it has them)."""
+    now_us = int(time.time() * 1e6) if now_us is None else now_us
+    change = row["close"] - row["open"]
+    percent = 100.0 * change / row["open"] if row["open"] else 0.0
+    latency_ms = (now_us - row["window_end"]) / 1000.0
+    marker = "🟢" if change >= 0 else "🔴"
+    tags = "".join(f" [{tag}]" for tag, on in (("gap", row["is_gap"]), ("partial", row["is_partial"]),
+                                                  (f"rev {row['revision']}", row["revision"]),
+                                                  ("provisional", not row["is_final"])) if on)
+    lines = [f"{marker} {_hhmmss(row['timestamp_in'])} | {row['symbol']} {row['timeframe']} | "
+             f"O={row['open']:.2f} H={row['high']:.2f} L={row['low']:.2f} C={row['close']:.2f} | "
+             f"V={row['volume']:.4f} T={row['trades']} | Δ{change:+.2f} ({percent:+.2f}%) | "
+             f"Latency={latency_ms:.1f}ms{tags}"]
+    if row.get("sma_5") is not None or row.get("rsi_5") is not None:
+        lines.append(f"🕯️ {row['timeframe']} CANDLE: {row['symbol']} {_hhmmss(row['timestamp_in'])} → "
+                     f"{row['close']:.2f} ({row['trades']} trades, {row['volume']:.2f} vol)")
+        parts = [f"{label}={_fmt(row.get(name))}" for label, name in
+                 (("SMA(5)", "sma_5"), ("RSI(5)", "rsi_5"), ("Momentum", "momentum_3"))]
+        lines.append("📊 HFT Features: " + ", ".join(parts))
+    return lines
+
+
+def _fmt(value: Optional[float]) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+class PrintCandlesFn(beam.DoFn):
+    """Prints the seed-style console lines of candles of the chosen timeframes."""
+
+    def __init__(self, timeframes: set[str]) -> None:
+        self._timeframes = timeframes
+
+    def process(self, row: dict[str, Any]) -> None:
+        if row["timeframe"] in self._timeframes:
+            print("\n".join(candle_console_lines(row)), flush=True)
