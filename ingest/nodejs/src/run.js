@@ -115,7 +115,10 @@ export async function ingest({ events, batcher, stats, signal, quiet = false, ou
       }
     }
   } finally {
-    if (ticker) clearInterval(ticker);
+    if (ticker) {
+      clearInterval(ticker);
+      for (const line of stats.lines((Date.now() - lastLine) / 1000)) out(line);
+    }
     await batcher.flushAll();
   }
 }

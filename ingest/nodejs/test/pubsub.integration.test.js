@@ -116,12 +116,14 @@ test('SIGTERM mid-replay flushes pending batches, prints stats lines and a summa
   const subscription = await topicWithSubscription('signal-ticks');
   const bin = fileURLToPath(new URL('../bin/mds-ingest.js', import.meta.url));
   const child = spawn(process.execPath, [bin, '--source', fixture('BTCUSDT-trades-2017-08-17.csv'),
-    '--topic', 'signal-ticks', '--project', PROJECT, '--speed', '300', '--batch-latency-ms', '10000'],
+    '--topic', 'signal-ticks', '--project', PROJECT, '--speed', '1000', '--batch-latency-ms', '10000'],
   { env: { ...process.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   child.stdout.on('data', (chunk) => { stdout += chunk; });
   const exited = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
-  await new Promise((resolve) => { setTimeout(resolve, 2500); });
+  for (let waited = 0; !stdout.includes('🟢') && waited < 15_000; waited += 100) {
+    await new Promise((resolve) => { setTimeout(resolve, 100); });
+  }
   child.kill('SIGTERM');
   assert.equal(await exited, 0);
   assert.match(stdout, /🟢 \d\d:\d\d:\d\d \| BTC-USDT \| \$\d+\.\d\d \| Vol: \d+\.\d{4} \| Ticks: [\d,]+ \(\d+\.\d\/s\)/);
