@@ -357,6 +357,7 @@ def test_batch_write_throughput(client: Any, dataset: str, beam_to_emulator: Non
     started = time.monotonic()
     pipeline.run().wait_until_finish()
     elapsed = time.monotonic() - started
-    count = query(client, f"SELECT COUNT(*) AS n FROM `{table_path(dataset, schemas.TICKS_TABLE)}`")
-    assert count[0]["n"] == 2_000
+    count = query(client, f"SELECT COUNT(*) AS n, COUNT(DISTINCT id) AS ids "
+                          f"FROM `{table_path(dataset, schemas.TICKS_TABLE)}`")
+    assert (count[0]["n"], count[0]["ids"]) == (2_000, 2_000)
     print(f"\n2,000 ticks via WriteRowsToBigQuery (DirectRunner batch): {elapsed:.2f}s")

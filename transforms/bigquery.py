@@ -355,7 +355,6 @@ class WriteRowsToBigQuery(beam.PTransform):
             REJECTED, main="valid")
         written = checked.valid | "StreamingInsert" >> WriteToBigQuery(
             table=self._table, dataset=self._dataset, project=self._project,
-            schema=schemas.table_schema(self._table),
             method=WriteToBigQuery.Method.STREAMING_INSERTS,
             create_disposition=BigQueryDisposition.CREATE_NEVER,
             write_disposition=BigQueryDisposition.WRITE_APPEND,
