@@ -233,6 +233,7 @@ def test_stamp_output_time_sets_timestamp_out_and_latency() -> None:
     (tick(1, T0_US, side=None), "REQUIRED column 'side'"),
     (tick(1, T0_US, bogus=1), "unknown columns for table ticks: bogus"),
     (tick(1, T0_US, timestamp=1502942400.5), "must be an ISO-8601 string"),
+    (tick(1, T0_US, timestamp="1502942400"), "must be an ISO-8601 string"),
     (tick(1, T0_US, local_timestamp="17/08/2017"), "TIMESTAMP column 'local_timestamp'"),
     (tick(1, T0_US, amount=math.nan), "column 'amount' is not finite"),
     (tick(1, T0_US, latency_ms=math.inf), "column 'latency_ms' is not finite"),
@@ -313,8 +314,29 @@ def test_unwritable_dead_letters_are_counted_not_lost_silently(client: Any, data
     result.wait_until_finish()
     stored = query(client, f"SELECT payload FROM `{table_path(dataset, schemas.DEAD_LETTER_TABLE)}`")
     assert [r["payload"] for r in stored] == ["{oops"]
-    assert counter(result, "dead_letter_insert_failed") == 1
+    assert counter(result, "dead_letter_rows_rejected") == 1
+    assert counter(result, "dead_letter_rows_unwritable") == 1
     assert any("{oops2" in record.getMessage() for record in caplog.records)
+
+
+def test_missing_tables_dead_letter_then_log_instead_of_crashing(client: Any, beam_to_emulator: None,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    empty = f"{PROJECT}:empty_{uuid.uuid4().hex[:8]}"
+    client.create_dataset(empty.replace(":", "."))
+    pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
+    dead = (pipeline | beam.Create([tick(i, T0_US) for i in range(3)])
+            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, empty))
+    assert_that(dead | beam.Map(lambda r: ("Not found" in r["reason"], r["stage"])),
+                equal_to([(True, "bigquery_insert")] * 3))
+    result = pipeline.run()
+    result.wait_until_finish()
+    assert counter(result, "ticks_insert_failed") == 3
+    assert counter(result, "dead_letter_rows_unwritable") == 3
+    logged = [json.loads(r.getMessage().split(": ", 1)[1]) for r in caplog.records
+              if "could not be written" in r.getMessage()]
+    # Each log line holds the whole dead-letter row, which holds the original tick.
+    original_ids = [json.loads(json.loads(row["payload"])["payload"])["id"] for row in logged]
+    assert sorted(original_ids) == ["0", "1", "2"]
 
 
 def test_streaming_pipeline_writes_candles_with_latency(client: Any, dataset: str,

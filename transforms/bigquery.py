@@ -240,7 +240,7 @@ def row_problem(row: Mapping[str, Any], table: str) -> str | None:
                 return f"REQUIRED column {name!r} is missing or NULL"
             continue
         if field["type"] == "TIMESTAMP":
-            if not isinstance(value, str):
+            if not isinstance(value, str) or value.strip().lstrip("-").isdigit():
                 return f"TIMESTAMP column {name!r} must be an ISO-8601 string, got {value!r}"
             try:
                 parse_time_us(value)
@@ -318,7 +318,7 @@ class LogUnwritableDeadLetterFn(beam.DoFn):
     """Last resort for dead-letter rows BigQuery refused too: count them and log them whole."""
 
     def __init__(self) -> None:
-        self._lost = Metrics.counter("bigquery", "dead_letter_insert_failed")
+        self._lost = Metrics.counter("bigquery", "dead_letter_rows_unwritable")
 
     def process(self, dead_letter: Mapping[str, Any]) -> Iterator[None]:
         self._lost.inc()
