@@ -197,13 +197,16 @@ class _Environment:
 
 
 def check_pubsub(endpoints: Endpoints) -> Check:
+    from google.api_core.retry import Retry
     from google.cloud import pubsub_v1
 
     with _Environment(endpoints.pubsub_environment()):
         publisher = pubsub_v1.PublisherClient()
         try:
+            # Bounded retry: the default one ignores `timeout` and retries UNAVAILABLE for minutes.
             topics = [t.name.rsplit("/", 1)[-1] for t in publisher.list_topics(
-                request={"project": f"projects/{endpoints.project}"}, timeout=PROBE_TIMEOUT_S)]
+                request={"project": f"projects/{endpoints.project}"}, timeout=PROBE_TIMEOUT_S,
+                retry=Retry(initial=0.2, maximum=1.0, timeout=PROBE_TIMEOUT_S))]
         except Exception as exc:  # any transport/auth failure is the answer to "reachable?"
             return Check("pubsub", False, f"unreachable: {type(exc).__name__}: {str(exc)[:200]}")
         finally:
@@ -220,11 +223,16 @@ def _bigquery_client(endpoints: Endpoints) -> Any:
 
 def check_bigquery(endpoints: Endpoints, now: datetime) -> list[Check]:
     """Rows per table and the newest candle with its lag behind ``now``."""
+    from google.cloud.bigquery import DEFAULT_RETRY
+
     dataset = f"{endpoints.project}.{endpoints.dataset}"
+    client = _bigquery_client(endpoints)
     try:
-        client = _bigquery_client(endpoints)
-        existing = {t.table_id for t in client.list_tables(dataset, timeout=PROBE_TIMEOUT_S)}
+        # Bounded: the client's default retry would keep an unreachable endpoint busy for minutes.
+        existing = {t.table_id for t in client.list_tables(
+            dataset, timeout=PROBE_TIMEOUT_S, retry=DEFAULT_RETRY.with_deadline(PROBE_TIMEOUT_S))}
     except Exception as exc:
+        client.close()
         return [Check("bigquery", False, f"unreachable or no dataset {dataset}: "
                                          f"{type(exc).__name__}: {str(exc)[:200]}")]
     checks = [Check("bigquery", True, f"{endpoints.bigquery_endpoint or 'Google Cloud'}: "
@@ -292,6 +300,7 @@ def status(args: argparse.Namespace, out: TextIO) -> int:
 def tail(args: argparse.Namespace, out: TextIO) -> int:
     """Print candles from the output topic until --duration or --max-messages."""
     from google.api_core.exceptions import DeadlineExceeded, NotFound
+    from google.api_core.retry import Retry
     from google.cloud import pubsub_v1
 
     endpoints = Endpoints.from_args(args)
@@ -307,7 +316,8 @@ def tail(args: argparse.Namespace, out: TextIO) -> int:
                 # Expires by itself a day after the last pull, should this process be killed.
                 subscriber.create_subscription(request={
                     "name": subscription, "topic": topic, "ack_deadline_seconds": 30,
-                    "expiration_policy": {"ttl": {"seconds": 86400}}})
+                    "expiration_policy": {"ttl": {"seconds": 86400}}},
+                    retry=Retry(initial=0.2, maximum=2.0, timeout=30), timeout=30)
             except NotFound:
                 out.write(f"topic {topic} does not exist (is the pipeline running with "
                           f"--output_topic?)\n")
