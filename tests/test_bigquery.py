@@ -14,7 +14,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing import test_stream
 from apache_beam.testing.util import assert_that, equal_to
 
 from ingest.message import iso_from_us, parse_time_us
@@ -343,7 +343,7 @@ def test_streaming_pipeline_writes_candles_with_latency(client: Any, dataset: st
                                                         beam_to_emulator: None) -> None:
     candles = [candle(T0_US + i * MINUTE_US) for i in range(6)]
     bad = candle(T0_US + 10 * MINUTE_US, trades="many")  # INT64 column: BigQuery rejects it
-    stream = (TestStream()
+    stream = (test_stream.TestStream()
               .advance_watermark_to(T0_US / 1e6)
               .add_elements(candles[:3])
               .advance_processing_time(5)
