@@ -283,3 +283,25 @@ def test_tail_on_a_missing_topic(stack: tuple[PubSubEmulator, BigQueryEmulator])
     code = operate.main(["tail", "--pubsub-host", pubsub.host, "--topic", "no-such-topic", "--duration", "5"],
                         out=out)
     assert code == 1 and "does not exist" in out.getvalue()
+
+
+def test_chart_of_a_real_replay(tmp_path: Path) -> None:
+    """The bundled Binance day through `mds replay`, then charted: the real output format."""
+    import subprocess
+    import sys
+
+    out_dir = tmp_path / "replay"
+    subprocess.run([sys.executable, "-m", "pipelines.cli", "replay", "--output-dir", str(out_dir), "--quiet"],
+                   check=True, capture_output=True, timeout=240, cwd=Path(__file__).resolve().parent.parent)
+    series = operate.select_series(operate.read_candles_jsonl(out_dir), "BTC-USDT", "4h")
+    # Binance's own 4h candles for 2017-08-17 (/work/shared/data/README.md): the first one.
+    assert operate.parse_utc(series[0]["timestamp_in"]) == START
+    assert (series[0]["open"], series[0]["close"]) == (4261.48, 4349.99)
+    png, page = tmp_path / "day.png", tmp_path / "day.html"
+    for target in (png, page):
+        assert operate.main(["chart", "--symbol", "BTC-USDT", "--timeframe", "1m", "--input-dir", str(out_dir),
+                             "--features", "sma_20,ema_10,vwap", "--last", "0", "--out", str(target)],
+                            out=io.StringIO()) == 0
+    assert png_size(png) == (1200, 700)
+    assert page.read_text().count('<g class="') == len(operate.select_series(
+        operate.read_candles_jsonl(out_dir), "BTC-USDT", "1m"))
