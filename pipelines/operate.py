@@ -13,6 +13,7 @@ names ``mds stack up`` and docker-compose.yml provision.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import json
 import math
@@ -25,7 +26,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
+from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence, TextIO
+
+from pipelines.local_stack import pubsub_env
 
 from transforms.features import FEATURE_NAMES
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
@@ -173,34 +176,16 @@ class Endpoints:
                                                             DEFAULT_BIGQUERY_ENDPOINT),
                    False, args.region)
 
-    def pubsub_environment(self) -> dict[str, str]:
-        return {"PUBSUB_EMULATOR_HOST": self.pubsub_host} if self.pubsub_host else {}
-
-
-class _Environment:
-    """Temporarily set environment variables (the Pub/Sub client reads its emulator from one)."""
-
-    def __init__(self, values: Mapping[str, str]) -> None:
-        self._values, self._saved = dict(values), {}
-
-    def __enter__(self) -> None:
-        for key, value in self._values.items():
-            self._saved[key] = os.environ.get(key)
-            os.environ[key] = value
-
-    def __exit__(self, *exc_info: object) -> None:
-        for key, value in self._saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    def pubsub_clients(self) -> ContextManager[None]:
+        """Pub/Sub clients created inside this block reach the emulator (or Google Cloud)."""
+        return pubsub_env(self.pubsub_host) if self.pubsub_host else contextlib.nullcontext()
 
 
 def check_pubsub(endpoints: Endpoints) -> Check:
     from google.api_core.retry import Retry
     from google.cloud import pubsub_v1
 
-    with _Environment(endpoints.pubsub_environment()):
+    with endpoints.pubsub_clients():
         publisher = pubsub_v1.PublisherClient()
         try:
             # Bounded retry: the default one ignores `timeout` and retries UNAVAILABLE for minutes.
@@ -309,7 +294,7 @@ def tail(args: argparse.Namespace, out: TextIO) -> int:
     project = topic.split("/")[1]
     subscription = f"projects/{project}/subscriptions/mds-tail-{uuid.uuid4().hex[:12]}"
     shown = 0
-    with _Environment(endpoints.pubsub_environment()):
+    with endpoints.pubsub_clients():
         subscriber = pubsub_v1.SubscriberClient()
         try:
             try:
