@@ -219,7 +219,7 @@ step_infra() {
   done
   local statement
   while IFS= read -r statement; do
-    run bq --project_id "${PROJECT}" query --use_legacy_sql=false --location "${REGION}" "${statement}"
+    run bq --project_id "${PROJECT}" --location "${REGION}" query --use_legacy_sql=false "${statement}"
   done < <(cd "${REPO_ROOT}" && "${PYTHON}" -m pipelines.export_schema views "${DATASET_REF}")
 }
 

@@ -91,7 +91,7 @@ def test_full_deploy_plan_for_each_mode(sandbox_path: tuple[str, Path], mode: st
     assert "--clustering_fields=exchange,symbol" in tables[f"{PROJECT}:market_data.ticks"]
     for schema_file in (c[-1] for c in tables.values()):
         assert Path(schema_file).exists(), "the printed bq mk must point at a real schema file"
-    views = [c[-1] for c in find(commands, "bq", "--project_id", PROJECT, "query")]
+    views = [c[-1] for c in find(commands, "bq", "--project_id", PROJECT, "--location", "us-central1", "query")]
     assert len(views) == 5 and all(v.startswith("CREATE OR REPLACE VIEW") for v in views)
 
     image = f"us-central1-docker.pkg.dev/{PROJECT}/mds/mds-pipeline:v1"
@@ -458,3 +458,59 @@ def test_compose_commands_are_real_commands() -> None:
     provision = SERVICES["provision"]["command"][0]
     assert len(subscriptions) == 2 and all(f'"{s}"' in provision for s in subscriptions)
     compile(provision, "provision", "exec")
+
+
+# ---------------------------------------------------------------------------------------------
+# The printed commands against the real Google Cloud CLIs (help text only: offline, no account)
+# ---------------------------------------------------------------------------------------------
+
+def _command_path(command: list[str]) -> list[str]:
+    """gcloud GROUP ... COMMAND: the words before positional arguments."""
+    if command[1] in ("services", "builds"):
+        return command[1:3]
+    if command[1:4] == ["run", "jobs", "executions"]:
+        return command[1:5]
+    return command[1:4]
+
+
+def test_every_printed_flag_exists_in_the_installed_cli(sandbox_path: tuple[str, Path],
+                                                        tmp_path: Path) -> None:
+    gcloud, bq = shutil.which("gcloud"), shutil.which("bq")
+    assert gcloud and bq, "the Google Cloud CLI (gcloud, bq) is part of the toolchain"
+    commands = dry_run(sandbox_path, "deploy", "drain", "cancel", "status", "stop-ingest", "--project", PROJECT,
+                       "--mode", "both", "--nodejs", "--update", "--source", "tardis", "--tardis-secret", "k",
+                       "--from", "2024-03-01", "--service-account", "mds@x.iam.gserviceaccount.com")
+    commands += dry_run(sandbox_path, "image", "--use-docker", "--project", PROJECT)
+    env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+           "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "1"}
+    help_text: dict[tuple[str, ...], str] = {}
+
+    def helps(*argv: str) -> str:
+        if argv not in help_text:
+            result = subprocess.run(list(argv), capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+            help_text[argv] = result.stdout + result.stderr
+        return help_text[argv]
+
+    checked = 0
+    for command in commands:
+        flags = [token.split("=", 1)[0] for token in command if token.startswith("--")]
+        if command[0] == "gcloud":
+            path = _command_path(command)
+            text = helps(gcloud, *path, "--help")
+            assert "ERROR" not in text[:200], f"gcloud {' '.join(path)}: {text[:300]}"
+            missing = [f for f in flags if not re.search(rf"{re.escape(f)}(?![\w-])", text)]
+        elif command[0] == "bq":
+            verb_index = next(i for i, token in enumerate(command[1:], 1)
+                              if not token.startswith("-") and command[i - 1] not in ("--project_id", "--location"))
+            positioned = [(i, token.split("=", 1)[0]) for i, token in enumerate(command) if token.startswith("--")]
+            global_flags = [f for i, f in positioned if i < verb_index]
+            verb_flags = [f for i, f in positioned if i > verb_index]
+            verb_help = helps(bq, "help", command[verb_index])
+            missing = [f for f in global_flags if f.lstrip("-") not in helps(bq, "--help")]
+            missing += [f for f in verb_flags if f"--{f.lstrip('-')}" not in verb_help
+                        and f"--[no]{f.lstrip('-')}" not in verb_help]
+        else:
+            continue  # docker: its flags (--file, --tag) are checked by test_local_docker_build
+        assert missing == [], f"{' '.join(command[:5])}: unknown flags {missing}"
+        checked += 1
+    assert checked >= 25
