@@ -28,6 +28,8 @@ CSV_CHUNK_TICKS = 2_000  # ticks per element when replaying CSV files
 # Downstream windows keep this much more lateness than the tick guard, so a tick the guard lets
 # through is never dropped by a window that closed a moment earlier.
 LATENESS_MARGIN_SECONDS = 60
+# How long a closed 15 s bucket is remembered, so a tick that late is still dead-lettered as late.
+LATE_TICK_MEMORY_SECONDS = 86_400
 
 
 class ReadTickFileFn(beam.DoFn):
@@ -105,8 +107,7 @@ class MarketData(beam.PTransform):
         opts = self._options
         parsed = messages | "ParseTicks" >> ParseTicks(opts.max_future_seconds)
         guarded = parsed.ticks | "DedupTicks" >> DedupTicks(opts.allowed_lateness_seconds,
-                                                            max(opts.idle_timeout_seconds,
-                                                                opts.allowed_lateness_seconds))
+                                                            LATE_TICK_MEMORY_SECONDS)
         late_rows = guarded.late | "LateToDeadLetter" >> beam.ParDo(LateTicksToDeadLetterFn())
         dead_letter = (parsed.dead_letter, late_rows) | "AllDeadLetters" >> beam.Flatten()
         ticks = candles = None

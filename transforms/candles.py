@@ -236,7 +236,7 @@ class CandlesFromTicks(beam.PTransform):
                            | f"Label{label}" >> beam.ParDo(CandleFromKeyFn(label, seconds)))
             else:
                 candles = (summaries
-                           | f"KeyBySymbol{label}" >> beam.Map(lambda kv: (kv[0][:2], kv[1]))
+                           | f"KeyBySymbol{label}" >> beam.Map(lambda kv: ((kv[0][0], kv[0][1]), kv[1]))
                            | f"Window{label}" >> beam.WindowInto(
                                window.FixedWindows(seconds), trigger=self._trigger(seconds),
                                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,

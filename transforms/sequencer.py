@@ -173,10 +173,12 @@ class SequenceCandlesFn(beam.DoFn):
             return
         # Wake up for the next pending candle, the next window to fill, or to forget an idle key.
         gap_end = series.next_start_us + self._timeframe_us[series.history[-1].row["timeframe"]]
-        wake_ups = [gap_end if self._gap_candles and gap_end <= idle_at else idle_at]
-        if later:
-            wake_ups.append(later[0]["window_end"])
-        next_flush = max(min(wake_ups), now_us + 1)
+        wake_ups = [later[0]["window_end"]] if later else []
+        if self._gap_candles and gap_end <= idle_at:
+            wake_ups.append(gap_end)
+        elif idle_at > now_us:
+            wake_ups.append(idle_at)
+        next_flush = min(wake_ups)
         flush.set(Timestamp(micros=next_flush))
         flush_at.write(next_flush)
 

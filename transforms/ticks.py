@@ -228,7 +228,7 @@ class ParseTicksFn(beam.DoFn):
                 return
             if isinstance(decoded, dict) and wire.BATCH_KEY in decoded:
                 records = decoded[wire.BATCH_KEY]
-                disconnects = decoded.get(wire.DISCONNECTS_KEY) or ()
+                disconnects = decoded.get(wire.DISCONNECTS_KEY) or []
                 if not isinstance(records, list) or not isinstance(disconnects, list):
                     self.invalid.inc()
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
@@ -270,7 +270,8 @@ class GuardTicksFn(beam.DoFn):
     pipeline dedups itself. The CLOSE timer fires when the watermark passes the bucket's end plus
     the allowed lateness; ticks arriving after it are too late for any candle and go to the
     ``late`` output (counted, dead-lettered), instead of being dropped by a window without a word.
-    The closed flag is kept ``retention`` longer so that very late duplicates are still recognised.
+    After closing, only a flag stays, for ``retention``: a tick later than that (a day, by
+    default) is no longer recognised here and falls to the windows' own late-data drop.
     """
 
     SEEN_IDS = BagStateSpec("seen_ids", PickleCoder())  # id lists of the ticks let through
@@ -315,9 +316,11 @@ class GuardTicksFn(beam.DoFn):
 
     @on_timer(CLOSE)
     def close(self, closed: Any = beam.DoFn.StateParam(CLOSED),
+              seen_ids: Any = beam.DoFn.StateParam(SEEN_IDS),
               expire_timer: Any = beam.DoFn.TimerParam(EXPIRE),
               fired_at: Timestamp = beam.DoFn.TimestampParam) -> Iterable[Any]:
         closed.write(True)
+        seen_ids.clear()  # every later tick of the bucket is too late: no need to know its id
         expire_timer.set(Timestamp(micros=fired_at.micros + self._retention_us))
         return ()
 
