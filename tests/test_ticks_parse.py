@@ -1,0 +1,102 @@
+"""Tick parsing and validation (SPEC §2): every invalid input is a dead-letter row with a reason."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from apache_beam.io.gcp.pubsub import PubsubMessage
+
+from ingest.message import encode_message
+from tests.pipeline_helpers import T0_US, tick
+from transforms.ticks import BUCKET_US, DEAD_LETTER_TAG, ParseTicksFn, parse_records
+
+NOW_US = T0_US + 3600 * 1_000_000
+
+
+def parse(records, **kwargs):
+    return parse_records(records, now_us=NOW_US, **kwargs)
+
+
+def run_fn(element):
+    outputs = list(ParseTicksFn(86_400).process(element))
+    dead = [o.value for o in outputs if getattr(o, "tag", None) == DEAD_LETTER_TAG]
+    good = [o for o in outputs if getattr(o, "tag", None) != DEAD_LETTER_TAG]
+    return good, dead
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"price": 0}, "price must be > 0"),
+    ({"price": -1.5}, "price must be > 0"),
+    ({"price": math.nan}, "price is not finite"),
+    ({"price": math.inf}, "price is not finite"),
+    ({"price": "abc"}, "could not convert"),
+    ({"price": True}, "price is not a number"),
+    ({"amount": -0.1}, "amount must be >= 0"),
+    ({"amount": None}, "missing field(s): amount"),
+    ({"timestamp": "yesterday"}, "not ISO-8601"),
+    ({"timestamp": (NOW_US + 2 * 86_400 * 1_000_000)}, "too far in the future"),
+    ({"side": "long"}, "side must be buy, sell or unknown"),
+    ({"id": None}, "missing field(s): id"),
+    ({"exchange": 7}, "exchange and symbol must be strings"),
+])
+def test_invalid_tick_is_dead_lettered_with_its_reason(change, reason):
+    bad = dict(tick(1, 100.0, 1.0, T0_US), **change)
+    batches, dead = parse([bad, tick(2, 100.0, 1.0, T0_US)])
+    assert [len(b) for b in batches] == [1]  # the good neighbour survives
+    [row] = dead
+    assert reason in row["reason"] and row["stage"] == "parse"
+    assert json.loads(row["payload"])["id"] == bad["id"]
+
+
+def test_a_tick_that_is_not_an_object():
+    _, dead = parse([42])
+    assert "not an object" in dead[0]["reason"]
+
+
+def test_batches_split_by_key_and_15s_bucket_with_event_time_columns():
+    ticks = [tick(1, 100.0, 1.0, T0_US + 1), tick(2, 101.0, 2.0, T0_US + BUCKET_US, "sell"),
+             tick(3, 50.0, 1.0, T0_US + 5, symbol="ETH-USDT")]
+    batches, dead = parse(ticks)
+    assert dead == []
+    shape = sorted((b.symbol, b.bucket - T0_US // BUCKET_US, b.ids) for b in batches)
+    assert shape == [("BTC-USDT", 0, ["1"]), ("BTC-USDT", 1, ["2"]), ("ETH-USDT", 0, ["3"])]
+    sell = next(b for b in batches if b.ids == ["2"])
+    assert sell.side.tolist() == [-1] and sell.native_symbol == "BTCUSDT"
+
+
+def test_numeric_timestamps_in_ms_and_us_are_understood():
+    batches, _ = parse([dict(tick(1, 1.0, 1.0, T0_US), timestamp=T0_US // 1000),
+                        dict(tick(2, 1.0, 1.0, T0_US), timestamp=T0_US)])
+    assert batches[0].ts_us.tolist() == [T0_US, T0_US]
+
+
+def test_tick_earlier_than_the_message_ts_attribute_is_rejected():
+    _, dead = parse([tick(1, 1.0, 1.0, T0_US)], attributes={"ts": str(T0_US // 1000 + 5)})
+    assert "earlier than the message's ts attribute" in dead[0]["reason"]
+
+
+def test_bad_json_and_bad_batches_from_pubsub():
+    _, dead = run_fn(PubsubMessage(b"{not json", {"ts": "1"}))
+    assert dead[0]["reason"].startswith("bad JSON") and dead[0]["payload"] == "{not json"
+    _, dead = run_fn(PubsubMessage(b'{"ticks": 5}', {}))
+    assert "must be arrays" in dead[0]["reason"]
+    _, dead = run_fn(PubsubMessage(b"\xff\xfe", {}))
+    assert dead[0]["payload"].startswith("base64:")
+
+
+def test_a_batch_message_yields_keyed_batches_stamped_at_the_earliest_tick():
+    data, attributes = encode_message([tick(2, 1.0, 1.0, T0_US + 7), tick(1, 1.0, 1.0, T0_US + 3)])
+    good, dead = run_fn(PubsubMessage(data, attributes))
+    assert dead == []
+    [stamped] = good
+    (key, batch) = stamped.value
+    assert key == ("binance", "BTC-USDT", T0_US // BUCKET_US)
+    assert stamped.timestamp.micros == T0_US + 3 and sorted(batch.ids) == ["1", "2"]
+
+
+def test_disconnect_marker_alone_makes_an_empty_flagged_batch():
+    marker = {"exchange": "binance", "symbol": "BTC-USDT", "timestamp": T0_US + 20 * 1_000_000}
+    batches, dead = parse([], disconnects=[marker])
+    assert dead == [] and len(batches) == 1
+    assert batches[0].disconnect and len(batches[0]) == 0 and batches[0].bucket == T0_US // BUCKET_US + 1
