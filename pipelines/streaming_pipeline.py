@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
@@ -18,6 +19,8 @@ from apache_beam.pvalue import PCollection
 
 from ingest.files import iter_records
 from pipelines.options import MarketDataOptions
+from transforms.bigquery import (WriteRowsToBigQuery, ensure_tables, ensure_views, make_client,
+                                 split_dataset_ref)
 from transforms.candles import CandlesFromTicks, parse_timeframes
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
 from transforms.sequencer import SequenceCandles
@@ -148,6 +151,10 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
             continue
         if opts.output_dir:
             rows | f"Write{table}Jsonl" >> WriteJsonLines(opts.output_dir, table)
+        if opts.output_dataset:
+            (rows
+             | f"Finalize{table}" >> beam.ParDo(FinalizeRowsFn(table))
+             | f"Write{table}BigQuery" >> WriteRowsToBigQuery(table, opts.output_dataset))
     if outputs.candles is not None and opts.output_topic:
         (outputs.candles
          | "CandleMessages" >> beam.ParDo(FinalizeRowsFn(CANDLES_TABLE))
@@ -158,11 +165,30 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
     return outputs
 
 
+def prepare_bigquery(dataset_ref: str) -> None:
+    """Creates the dataset, tables and views if missing, before any row is written (SPEC §6).
+
+    With ``BIGQUERY_EMULATOR_HOST`` set (local runs only), every BigQuery client of this process,
+    Beam's sink included, is pointed at that local BigQuery API server first.
+    """
+    project, _ = split_dataset_ref(dataset_ref)
+    endpoint = os.environ.get("BIGQUERY_EMULATOR_HOST")
+    if endpoint:
+        from pipelines.local_mode import enable_local_bigquery
+
+        enable_local_bigquery(endpoint, project)
+    client = make_client(project, endpoint)
+    ensure_tables(client, dataset_ref)
+    ensure_views(client, dataset_ref)
+
+
 def run(argv: Optional[list[str]] = None) -> beam.runners.runner.PipelineResult:
     """Starts the streaming job (Flex Template and ``mds run`` entry point)."""
     options = PipelineOptions(argv)
     opts = options.view_as(MarketDataOptions)
     options.view_as(StandardOptions).streaming = not opts.input_file
+    if opts.output_dataset:
+        prepare_bigquery(opts.output_dataset)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, options,
                    console_timeframes={"1m"} if opts.console else None)
