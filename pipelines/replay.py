@@ -81,7 +81,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
         if table != TICKS_TABLE or args.mode != "candles":
             Path(path).touch()
     options = PipelineOptions(
-        runner="DirectRunner", direct_running_mode="in_memory", input_file=args.input,
+        flags=[], runner="DirectRunner", direct_running_mode="in_memory", input_file=args.input,
         output_dir=args.output_dir, mode=args.mode, timeframes=args.timeframes,
         feature_timeframes=args.feature_timeframes, gap_candles=not args.no_gap_candles,
         idle_timeout_seconds=args.idle_timeout_seconds)

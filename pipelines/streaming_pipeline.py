@@ -161,7 +161,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
          | "CandleJson" >> beam.Map(lambda row: json.dumps(row, separators=(",", ":")).encode("utf-8"))
          | "PublishCandles" >> beam.io.WriteToPubSub(opts.output_topic))
     if outputs.candles is not None and console_timeframes:
-        outputs.candles | "Console" >> beam.ParDo(PrintCandlesFn(console_timeframes))
+        outputs.candles | "Console" >> beam.ParDo(PrintCandlesFn(console_timeframes,
+                                                                  show_latency=not bounded))
     return outputs
 
 

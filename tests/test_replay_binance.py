@@ -6,7 +6,6 @@ exchange's 8-decimal precision (a float sum of 8-decimal quantities is exact to 
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from datetime import datetime, timezone
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.replay import SAMPLE, parse_args, replay
+from pipelines.replay import SAMPLE
 
 DATA = Path(__file__).parent / "data"
 OFFICIAL_4H = DATA / "BTCUSDT-4h-official-2017-08-17.csv"
@@ -25,12 +24,8 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
-    out = tmp_path_factory.mktemp("replay")
-    args: argparse.Namespace = parse_args(["--output-dir", str(out), "--mode", "both", "--quiet"])
-    summary = replay(args)
-    candles = [json.loads(line) for line in (out / "candles.jsonl").read_text().splitlines()]
-    return summary, candles, out
+def replayed(sample_replay):
+    return sample_replay["summary"], sample_replay["candles"], sample_replay["dir"]
 
 
 def _iso(text: str) -> str:

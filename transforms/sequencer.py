@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Dict, Iterator, Tuple
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
@@ -137,7 +138,15 @@ class SequenceCandlesFn(beam.DoFn):
                 flush: Any = beam.DoFn.TimerParam(FLUSH),
                 flush_at: Any = beam.DoFn.StateParam(FLUSH_AT),
                 fired_at: Timestamp = beam.DoFn.TimestampParam) -> Iterator[dict[str, Any]]:
-        now_us = fired_at.micros
+        rows = self._release(pending, series_state, flush, flush_at, fired_at.micros)
+        if self._bounded:  # the whole series at once: the vectorised feature path
+            yield from self._with_batch_features(list(rows))
+        else:
+            yield from rows
+
+    def _release(self, pending: Any, series_state: Any, flush: Any, flush_at: Any,
+                 now_us: int) -> Iterator[dict[str, Any]]:
+        """Emits the pending candles the watermark has passed, in order, with the gaps between."""
         flush_at.clear()
         series: SeriesState | None = series_state.read()
         waiting = sorted(pending.read(), key=lambda c: (c["timestamp_in"], c[PANE_INDEX]))
@@ -183,7 +192,22 @@ class SequenceCandlesFn(beam.DoFn):
         flush_at.write(next_flush)
 
     def _initial_features(self, timeframe: str) -> Any:
-        return features.initial_state() if timeframe in self._feature_timeframes else None
+        """The incremental feature state, for a stream; a bounded series is done in one go."""
+        if self._bounded or timeframe not in self._feature_timeframes:
+            return None
+        return features.initial_state()
+
+    def _with_batch_features(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Fills the feature columns of a whole ordered series with ``compute_features``."""
+        if not rows or rows[0]["timeframe"] not in self._feature_timeframes:
+            return rows
+        series = {column: np.array([np.nan if r[column] is None else r[column] for r in rows],
+                                   dtype=np.float64) for column in features.CANDLE_FIELDS}
+        values = features.compute_features(series, self._timeframe_us[rows[0]["timeframe"]] / 1e6)
+        for name, column in values.items():
+            for row, value in zip(rows, column.tolist()):
+                row[name] = None if math.isnan(value) else value
+        return rows
 
     def _fill_gaps(self, series: SeriesState, until_us: int, trailing: bool = False) -> Iterator[dict[str, Any]]:
         """Gap candles for the empty windows before ``until_us`` (trailing: windows that have
@@ -286,4 +310,5 @@ class SequenceCandles(beam.PTransform):
         return (candles
                 | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
                 | "KeyBySeries" >> beam.Map(lambda c: ((c["exchange"], c["symbol"], c["timeframe"]), c))
+                .with_output_types(Tuple[Tuple[str, str, str], Dict[str, Any]])
                 | "Sequence" >> beam.ParDo(self._fn))

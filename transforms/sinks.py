@@ -105,8 +105,12 @@ def _hhmmss(micros: int) -> str:
     return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc).strftime("%H:%M:%S")
 
 
-def candle_console_lines(row: dict[str, Any], now_us: Optional[int] = None) -> list[str]:
-    """The seed-style lines of one candle row (and its features, when it has them)."""
+def candle_console_lines(row: dict[str, Any], now_us: Optional[int] = None,
+                         show_latency: bool = True) -> list[str]:
+    """The seed-style lines of one candle row (and its features, when it has them).
+
+    A replay of history has no meaningful latency (the candle closed years ago): it omits it.
+    """
     now_us = int(time.time() * 1e6) if now_us is None else now_us
     change = row["close"] - row["open"]
     percent = 100.0 * change / row["open"] if row["open"] else 0.0
@@ -117,8 +121,8 @@ def candle_console_lines(row: dict[str, Any], now_us: Optional[int] = None) -> l
                                                   ("provisional", not row["is_final"])) if on)
     lines = [f"{marker} {_hhmmss(row['timestamp_in'])} | {row['symbol']} {row['timeframe']} | "
              f"O={row['open']:.2f} H={row['high']:.2f} L={row['low']:.2f} C={row['close']:.2f} | "
-             f"V={row['volume']:.4f} T={row['trades']} | Δ{change:+.2f} ({percent:+.2f}%) | "
-             f"Latency={latency_ms:.1f}ms{tags}"]
+             f"V={row['volume']:.4f} T={row['trades']} | Δ{change:+.2f} ({percent:+.2f}%)"
+             + (f" | Latency={latency_ms:.1f}ms" if show_latency else "") + tags]
     if row.get("sma_5") is not None or row.get("rsi_5") is not None:
         lines.append(f"🕯️ {row['timeframe']} CANDLE: {row['symbol']} {_hhmmss(row['timestamp_in'])} → "
                      f"{row['close']:.2f} ({row['trades']} trades, {row['volume']:.2f} vol)")
@@ -137,9 +141,10 @@ def _fmt(value: Optional[float]) -> str:
 class PrintCandlesFn(beam.DoFn):
     """Prints the seed-style console lines of candles of the chosen timeframes."""
 
-    def __init__(self, timeframes: set[str]) -> None:
+    def __init__(self, timeframes: set[str], show_latency: bool) -> None:
         self._timeframes = timeframes
+        self._show_latency = show_latency
 
     def process(self, row: dict[str, Any]) -> None:
         if row["timeframe"] in self._timeframes:
-            print("\n".join(candle_console_lines(row)), flush=True)
+            print("\n".join(candle_console_lines(row, show_latency=self._show_latency)), flush=True)

@@ -12,7 +12,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -258,8 +258,10 @@ class ParseTicks(beam.PTransform):
         self._max_future_seconds = max_future_seconds
 
     def expand(self, messages: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        # Typed keys give the stateful steps downstream a deterministic key coder.
         return messages | "ParseAndValidate" >> beam.ParDo(
-            ParseTicksFn(self._max_future_seconds)).with_outputs(DEAD_LETTER_TAG, main="ticks")
+            ParseTicksFn(self._max_future_seconds)).with_output_types(
+                Tuple[Tuple[str, str, int], TickBatch]).with_outputs(DEAD_LETTER_TAG, main="ticks")
 
 
 class GuardTicksFn(beam.DoFn):
