@@ -107,6 +107,8 @@ def encode_message(ticks: Sequence[Mapping[str, Any]],
     before its input timestamp.
     """
     disconnects = list(disconnects)
+    if not ticks and not disconnects:
+        raise ValueError("a message needs at least one tick or disconnect marker")
     if len(ticks) == 1 and not disconnects:
         payload: Any = dict(ticks[0])
     else:

@@ -130,8 +130,8 @@ class MarketData(beam.PTransform):
                            opts.early_firing_seconds, self._bounded)
                        | "SequenceCandles" >> SequenceCandles(
                            timeframes, feature_timeframes, opts.gap_candles,
-                           opts.idle_timeout_seconds, opts.allowed_lateness_seconds,
-                           self._bounded))
+                           opts.idle_timeout_seconds,
+                           opts.allowed_lateness_seconds + LATENESS_MARGIN_SECONDS, self._bounded))
         return PipelineOutputs(ticks, candles, dead_letter)
 
 

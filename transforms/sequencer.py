@@ -174,8 +174,10 @@ class SequenceCandlesFn(beam.DoFn):
             return
         yield from self._fill_gaps(series, now_us, trailing=True)
         idle_at = series.last_trade_us + self._idle_us
-        if not later and now_us >= idle_at:
-            series_state.clear()  # the key went silent: forget it
+        # Forget a silent key, but not while a late pane may still correct its last candle.
+        forget_at = max(idle_at, series.next_start_us + self._lateness_us)
+        if not later and now_us >= forget_at:
+            series_state.clear()
             return
         series_state.write(series)
         if self._bounded:
@@ -185,8 +187,8 @@ class SequenceCandlesFn(beam.DoFn):
         wake_ups = [later[0]["window_end"]] if later else []
         if self._gap_candles and gap_end <= idle_at:
             wake_ups.append(gap_end)
-        elif idle_at > now_us:
-            wake_ups.append(idle_at)
+        elif forget_at > now_us:
+            wake_ups.append(forget_at)
         next_flush = min(wake_ups)
         flush.set(Timestamp(micros=next_flush))
         flush_at.write(next_flush)
