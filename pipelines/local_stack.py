@@ -54,16 +54,17 @@ def _pubsub_command(port: int, data_dir: str) -> list[str]:
             f"--data-dir={data_dir}"]
 
 
-class PubSubEmulator:
-    """The official Pub/Sub emulator as a child process on a loopback port.
+class _LocalServer:
+    """A server child process on loopback with its own temp data dir; a context manager.
 
-    ``host`` is what ``PUBSUB_EMULATOR_HOST`` must be set to for clients to reach it.
+    It leads its own process group, so stopping it also stops what it spawned.
     """
+
+    _prefix = "server-"
 
     def __init__(self, port: int | None = None, log_path: str | None = None) -> None:
         self.port = port or free_port()
-        self.host = f"{LOOPBACK}:{self.port}"
-        self._data_dir = tempfile.mkdtemp(prefix="pubsub-emulator-")
+        self._data_dir = tempfile.mkdtemp(prefix=self._prefix)
         self._log_path = log_path or os.path.join(self._data_dir, "emulator.log")
         self.process: subprocess.Popen | None = None
 
@@ -71,13 +72,11 @@ class PubSubEmulator:
     def data_dir(self) -> str:
         return self._data_dir
 
-    def start(self, timeout: float = 60.0) -> "PubSubEmulator":
-        log = open(self._log_path, "ab")
-        self.process = subprocess.Popen(_pubsub_command(self.port, self._data_dir), stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+    def _spawn(self, command: list[str], timeout: float, **popen_args: Any) -> None:
+        with open(self._log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True, **popen_args)
         wait_for_port(LOOPBACK, self.port, timeout, self.process)
-        return self
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -85,11 +84,31 @@ class PubSubEmulator:
         self.process = None
         shutil.rmtree(self._data_dir, ignore_errors=True)
 
-    def __enter__(self) -> "PubSubEmulator":
+    def start(self, timeout: float = 60.0) -> "_LocalServer":
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class PubSubEmulator(_LocalServer):
+    """The official Pub/Sub emulator as a child process on a loopback port.
+
+    ``host`` is what ``PUBSUB_EMULATOR_HOST`` must be set to for clients to reach it.
+    """
+
+    _prefix = "pubsub-emulator-"
+
+    def __init__(self, port: int | None = None, log_path: str | None = None) -> None:
+        super().__init__(port, log_path)
+        self.host = f"{LOOPBACK}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> "PubSubEmulator":
+        self._spawn(_pubsub_command(self.port, self._data_dir), timeout)
+        return self
 
 
 def _terminate_group(process: subprocess.Popen, grace: float = 10.0) -> None:
@@ -170,29 +189,24 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-class BigQueryEmulator:
+class BigQueryEmulator(_LocalServer):
     """bqemulator as a child process on loopback ports (REST and gRPC), data in a temp dir.
 
     Reach it with ``transforms.bigquery.make_client(project, emulator.endpoint)``; Beam's sink
     with ``pipelines.local_mode.enable_local_bigquery(emulator.endpoint, project)``.
     """
 
+    _prefix = "bqemulator-"
+
     def __init__(self, port: int | None = None, grpc_port: int | None = None,
                  project: str = DEFAULT_PROJECT, log_path: str | None = None) -> None:
-        self.port = port or free_port()
+        super().__init__(port, log_path)
         self.grpc_port = grpc_port or free_port()
         self.project = project
-        self._data_dir = tempfile.mkdtemp(prefix="bqemulator-")
-        self._log_path = log_path or os.path.join(self._data_dir, "emulator.log")
-        self.process: subprocess.Popen | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
-
-    @property
-    def data_dir(self) -> str:
-        return self._data_dir
 
     def command(self) -> list[str]:
         return [bqemulator_python(), "-m", "pipelines.bqemulator_offline", "start",
@@ -209,12 +223,8 @@ class BigQueryEmulator:
                                     "MDS_BQEMULATOR_PYTHON")
         # The launcher is imported from this checkout; DuckDB's extension downloads stay off.
         env = dict(os.environ, PYTHONPATH=str(repo_root()), BQEMU_ENABLE_FORMAT_EXTENSIONS="false")
-        log = open(self._log_path, "ab")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                        cwd=self._data_dir, env=env, start_new_session=True)
-        log.close()
         deadline = time.monotonic() + timeout
-        wait_for_port(LOOPBACK, self.port, timeout, self.process)
+        self._spawn(self.command(), timeout, cwd=self._data_dir, env=env)
         while not http_ok(f"{self.endpoint}/readyz"):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
@@ -222,18 +232,6 @@ class BigQueryEmulator:
                                    f"see {self._log_path}")
             time.sleep(0.1)
         return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            _terminate_group(self.process)
-        self.process = None
-        shutil.rmtree(self._data_dir, ignore_errors=True)
-
-    def __enter__(self) -> "BigQueryEmulator":
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 # ---------------------------------------------------------------------------------------------
