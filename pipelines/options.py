@@ -67,9 +67,6 @@ class MarketDataOptions(PipelineOptions):
                                  "cleared.")
         parser.add_argument("--max_future_seconds", type=int, default=86400,
                             help="Ticks stamped further than this into the future are rejected.")
-        parser.add_argument("--bigquery_write_method", default="STREAMING_INSERTS",
-                            choices=("STREAMING_INSERTS", "FILE_LOADS"),
-                            help="How rows reach BigQuery.")
         parser.add_argument("--console", type=str2bool, default=False,
                             help="Print seed-style console lines for candles/ticks as they are "
                                  "produced (local runs).")

@@ -22,6 +22,7 @@ from pipelines.local_mode import enable_local_bigquery
 from pipelines.local_stack import BigQueryEmulator
 from transforms import bigquery as bq
 from transforms import schemas
+from transforms.sinks import FinalizeRowsFn, finalize_row
 
 PROJECT = "test-project"
 T0_US = 1_502_942_400_000_000  # 2017-08-17T04:00:00Z
@@ -217,13 +218,13 @@ def expected_row_bytes(table: str, row: dict[str, Any]) -> int:
 # Row helpers
 # ---------------------------------------------------------------------------------------------
 
-def test_stamp_output_time_sets_timestamp_out_and_latency() -> None:
+def test_finalize_row_sets_timestamp_out_and_latency() -> None:
     row = candle(T0_US)
-    stamped = bq.stamp_output_time(row, "window_end", out_us=T0_US + MINUTE_US + 1_500)
+    stamped = finalize_row(row, schemas.CANDLES_TABLE, now_us=T0_US + MINUTE_US + 1_500)
     assert stamped["timestamp_out"] == "2017-08-17T04:01:00.001500Z"
     assert stamped["latency_ms"] == 1.5
     assert "timestamp_out" not in row  # the input row is not mutated
-    unparseable = bq.stamp_output_time(tick(1, T0_US, timestamp="yesterday"), "timestamp")
+    unparseable = finalize_row(tick(1, T0_US, timestamp="yesterday"), schemas.TICKS_TABLE)
     assert unparseable["latency_ms"] is None and unparseable["timestamp_out"].endswith("Z")
 
 
@@ -274,7 +275,8 @@ def test_batch_pipeline_writes_rows_and_dead_letters_failures(client: Any, datas
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
     dead = (pipeline
             | "Ticks" >> beam.Create(good + [type_error, missing, not_finite])
-            | "Write" >> bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, latency_from="timestamp"))
+            | "Finish" >> beam.ParDo(FinalizeRowsFn(schemas.TICKS_TABLE))
+            | "Write" >> bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset))
     assert_that(dead | beam.Map(lambda r: (r["stage"], json.loads(r["payload"])["id"])),
                 equal_to([("bigquery_insert", "100"), ("bigquery_insert", "101"),
                           ("bigquery_insert", "102")]))
@@ -352,7 +354,8 @@ def test_streaming_pipeline_writes_candles_with_latency(client: Any, dataset: st
     options = PipelineOptions(project=PROJECT, streaming=True)
     pipeline = beam.Pipeline(options=options)
     _ = (pipeline | stream
-         | bq.WriteRowsToBigQuery(schemas.CANDLES_TABLE, dataset, latency_from="window_end"))
+         | beam.ParDo(FinalizeRowsFn(schemas.CANDLES_TABLE))
+         | bq.WriteRowsToBigQuery(schemas.CANDLES_TABLE, dataset))
     pipeline.run().wait_until_finish()
 
     written = query(client, f"SELECT timestamp_in, window_end, timestamp_out, latency_ms "

@@ -131,8 +131,6 @@ GOOD_AND_BAD = {
     "gap_candles": (["true", "false", "True", "0", "1"], ["maybe", "", "truee"]),
     "console": (["false", "TRUE"], ["on"]),
     "mode": (["candles", "ticks", "both"], ["Candles", "ohlcv", "", "ticks,candles"]),
-    "bigquery_write_method": (["STREAMING_INSERTS", "FILE_LOADS"],
-                              ["STORAGE_WRITE_API", "streaming_inserts"]),
 }
 
 

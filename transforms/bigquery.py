@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from typing import Any, Iterable, Iterator, Mapping
 
 import apache_beam as beam
@@ -39,6 +38,8 @@ from apache_beam.pvalue import TaggedOutput
 
 from ingest.message import iso_from_us, parse_time_us
 from transforms import schemas
+from transforms.sinks import finalize_row
+from transforms.ticks import dead_letter
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -208,28 +209,6 @@ def ensure_views(client: Any, dataset_ref: str) -> list[str]:
 # Rows
 # ---------------------------------------------------------------------------------------------
 
-def now_us() -> int:
-    return time.time_ns() // 1_000
-
-
-def stamp_output_time(row: Mapping[str, Any], event_field: str,
-                      out_us: int | None = None) -> dict[str, Any]:
-    """A copy of ``row`` with ``timestamp_out`` = now and ``latency_ms`` = now - row[event_field].
-
-    ``event_field`` is ``window_end`` for candles and ``timestamp`` for ticks (SPEC §4). Apply it
-    right before the write so the latency covers the whole pipeline. An unparseable event time
-    leaves ``latency_ms`` NULL (the row check then reports the bad timestamp).
-    """
-    out_us = now_us() if out_us is None else out_us
-    stamped = dict(row)
-    stamped["timestamp_out"] = iso_from_us(out_us)
-    try:
-        stamped["latency_ms"] = (out_us - parse_time_us(row[event_field])) / 1_000
-    except (KeyError, ValueError):
-        stamped["latency_ms"] = None
-    return stamped
-
-
 _FIELDS_BY_NAME = {table: {f["name"]: f for f in fields} for table, fields in schemas.FIELDS.items()}
 
 
@@ -259,17 +238,10 @@ def row_problem(row: Mapping[str, Any], table: str) -> str | None:
 
 def dead_letter_row(stage: str, reason: str, payload: Any, attributes: Mapping[str, Any] | None = None,
                     event_time: str | None = None) -> dict[str, Any]:
-    """A ``dead_letter`` table row; ``payload`` is kept as text (JSON when it is not a string)."""
-    if not isinstance(payload, str):
-        payload = json.dumps(payload, sort_keys=True, default=str)
-    return {
-        "stage": stage,
-        "reason": reason,
-        "payload": payload,
-        "attributes": json.dumps(dict(attributes), sort_keys=True, default=str) if attributes else None,
-        "event_time": event_time,
-        "timestamp_out": iso_from_us(now_us()),
-    }
+    """A finished ``dead_letter`` table row (``timestamp_out`` stamped, times as ISO strings)."""
+    row = dead_letter(stage, reason, payload, attributes)
+    row["event_time"] = event_time
+    return finalize_row(row, schemas.DEAD_LETTER_TABLE)
 
 
 def _event_time_of(row: Mapping[str, Any], table: str) -> str | None:
@@ -341,22 +313,18 @@ class WriteRowsToBigQuery(beam.PTransform):
     ``dead_letter`` table and returned as the output PCollection. When the target is the
     ``dead_letter`` table itself, its failures are counted and logged instead (no loop).
 
-    ``latency_from``: stamp ``timestamp_out``/``latency_ms`` from this event-time column right
-    before the write (``window_end`` for candles, ``timestamp`` for ticks); None leaves rows
-    as they are.
+    Rows arrive finished by ``transforms.sinks.FinalizeRowsFn`` (latency columns stamped right
+    before the write, timestamps as ISO strings).
     """
 
-    def __init__(self, table: str, dataset: str, latency_from: str | None = None) -> None:
+    def __init__(self, table: str, dataset: str) -> None:
         super().__init__()
         if table not in schemas.FIELDS:
             raise ValueError(f"unknown table {table!r}; expected one of {sorted(schemas.FIELDS)}")
         self._table = table
         self._project, self._dataset = split_dataset_ref(dataset)
-        self._latency_from = latency_from
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        if self._latency_from is not None:
-            rows = rows | "StampOutputTime" >> beam.Map(stamp_output_time, self._latency_from)
         checked = rows | "CheckRows" >> beam.ParDo(CheckRowFn(self._table)).with_outputs(
             REJECTED, main="valid")
         written = checked.valid | "StreamingInsert" >> WriteToBigQuery(

@@ -11,11 +11,12 @@ import os
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from ingest.message import parse_time_us
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, FIELDS, TICKS_TABLE
 
 # The column each table's latency is measured from.
@@ -32,16 +33,24 @@ def iso_utc(micros: int) -> str:
         f".{remainder:06d}Z"
 
 
-def finalize_row(row: dict[str, Any], table: str, now_us: Optional[int] = None) -> dict[str, Any]:
-    """Stamp processing time and latency, keep only the table's columns, format timestamps."""
-    now_us = int(time.time() * 1_000_000) if now_us is None else now_us
+def finalize_row(row: Mapping[str, Any], table: str, now_us: Optional[int] = None) -> dict[str, Any]:
+    """Stamp processing time and latency, keep only the table's columns, format timestamps.
+
+    Times given as µs integers become ISO-8601 strings; strings are left for the row check to
+    judge. A latency source that cannot be read leaves ``latency_ms`` NULL.
+    """
+    now_us = time.time_ns() // 1_000 if now_us is None else now_us
     out = {name: row.get(name) for name in COLUMNS[table]}
     out["timestamp_out"] = now_us
     source = LATENCY_FROM[table]
-    if source is not None and row.get(source) is not None:
-        out["latency_ms"] = (now_us - row[source]) / 1000.0
+    if source is not None:
+        out["latency_ms"] = None
+        try:
+            out["latency_ms"] = (now_us - parse_time_us(row[source])) / 1000.0
+        except (KeyError, TypeError, ValueError):
+            pass
     for name in TIMESTAMP_COLUMNS[table]:
-        if out.get(name) is not None:
+        if isinstance(out.get(name), int) and not isinstance(out[name], bool):
             out[name] = iso_utc(out[name])
     return out
 
