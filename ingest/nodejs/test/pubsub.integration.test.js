@@ -91,6 +91,18 @@ test('a Binance trades file is published and every tick arrives exactly once', a
   assert.equal(ticks.find((t) => t.id === '0').price, 4261.48);
 });
 
+test('the bundled sample day (Tardis CSV.gz) is published whole, every tick once', async () => {
+  const sample = fileURLToPath(new URL('../../../pipelines/sample/binance_trades_2017-08-17_BTCUSDT.csv.gz',
+    import.meta.url));
+  const subscription = await topicWithSubscription('sample-ticks');
+  const code = await main(['--source', sample, '--topic', 'sample-ticks', '--project', PROJECT,
+    '--create-topic', '--speed', '0', '--quiet'], { out: () => {}, log: () => {}, handleSignals: false });
+  assert.equal(code, 0);
+  const ticks = checkMessages(await pullTicks(subscription, 3427));
+  const ids = ticks.map((t) => Number(t.id)).sort((a, b) => a - b);
+  assert.deepEqual(ids, Array.from({ length: 3427 }, (_, i) => i));
+});
+
 test('an injected live feed with a disconnect reaches Pub/Sub with its marker', async () => {
   const subscription = await topicWithSubscription('live-ticks');
   const now = Date.now();
