@@ -1,0 +1,450 @@
+"""Throughput, latency and memory of every path, on ONE generated trading day, as one table.
+
+1. numpy limit: vectorised OHLCV for every timeframe + ``compute_features`` over the same arrays
+   (file load timed apart): what the hardware does without a framework.
+2. ``mds replay``: the Beam pipeline (DirectRunner, batch) over the file, candles + features.
+3. streaming: Pub/Sub emulator → ``mds run`` (DirectRunner) → local BigQuery API server, fed by
+   ``mds ingest`` with a slice of the day re-stamped to now at ``--stream-rate`` (the DirectRunner's
+   Pub/Sub watermark is the wall clock, see pipelines/demo.py); sustained ticks/s into BigQuery
+   and candle ``latency_ms`` percentiles from the candles table.
+4. ingest workers (Python ``mds ingest``, Node.js ``mds-ingest.js``) publishing the file into the
+   emulator as fast as they can.
+
+Subprocesses are measured from outside: wall time, and peak RSS of the whole process tree
+polled from /proc. Not a test: it prints figures.
+
+    .venv/bin/python -m bench.run [--ticks 5000000] [--skip-streaming] [--stream-seconds 60]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from bench.generate_day import DEFAULT_SEED, DEFAULT_TICKS, ensure_day
+from pipelines.options import DEFAULT_FEATURE_TIMEFRAMES, DEFAULT_TIMEFRAMES
+from transforms.candles import parse_timeframes
+from transforms.features import CANDLE_FIELDS, compute_features
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+MDS = [PYTHON, "-m", "pipelines.cli"]
+NODE_INGEST = ["node", str(REPO / "ingest" / "nodejs" / "bin" / "mds-ingest.js")]
+PROJECT, DATASET = "local-project", "market_data"
+RSS_POLL_SECONDS = 0.2
+BIGQUERY_POLL_SECONDS = 2.0
+
+
+@dataclass
+class Row:
+    """One line of the table."""
+
+    stage: str
+    ticks: int
+    seconds: float
+    peak_rss_bytes: Optional[int]
+    note: str = ""
+
+    @property
+    def ticks_per_second(self) -> float:
+        return self.ticks / self.seconds if self.seconds > 0 else float("nan")
+
+
+# ---------------------------------------------------------------------------- process measurement
+
+def _tree_pids(root: int) -> list[int]:
+    pids, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        pids.append(pid)
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as handle:
+                    queue.extend(int(child) for child in handle.read().split())
+        except OSError:
+            continue
+    return pids
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class PeakRssMonitor(threading.Thread):
+    """Polls the summed RSS of a process and its descendants; the peak is what a container limit
+    would have to allow (the DirectRunner may fork workers, Node has helper threads)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self._pid = pid
+        self._stopped = threading.Event()
+        self.peak = 0
+
+    def run(self) -> None:
+        while not self._stopped.is_set():
+            self.peak = max(self.peak, sum(_rss_bytes(pid) for pid in _tree_pids(self._pid)))
+            self._stopped.wait(RSS_POLL_SECONDS)
+
+    def stop(self) -> int:
+        self._stopped.set()
+        self.join()
+        return self.peak
+
+
+@dataclass
+class Measured:
+    seconds: float
+    peak_rss_bytes: int
+    output: str
+    returncode: int
+
+
+def run_measured(command: list[str], env: Optional[dict[str, str]] = None, timeout: float = 7200) -> Measured:
+    """Runs ``command`` to completion; wall time, peak tree RSS and combined output."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    monitor = PeakRssMonitor(process.pid)
+    monitor.start()
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            from pipelines.local_stack import _terminate_group
+            _terminate_group(process)
+        peak = monitor.stop()
+    return Measured(time.perf_counter() - started, peak, output.decode(errors="replace"), process.returncode)
+
+
+def _checked(measured: Measured, what: str) -> Measured:
+    if measured.returncode != 0:
+        raise RuntimeError(f"{what} failed with exit code {measured.returncode}:\n{measured.output[-3000:]}")
+    return measured
+
+
+# --------------------------------------------------------------------------------- 1. numpy limit
+
+@dataclass
+class DayArrays:
+    """The day as columns, one entry per symbol, each sorted by (timestamp, id) like the pipeline."""
+
+    symbols: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    frame: Optional[pd.DataFrame] = None
+
+    @property
+    def ticks(self) -> int:
+        return sum(len(columns["timestamp"]) for columns in self.symbols.values())
+
+
+def load_day(path: str) -> DayArrays:
+    frame = pd.read_csv(path, dtype={"exchange": "category", "symbol": "category", "side": "category",
+                                     "timestamp": np.int64, "local_timestamp": np.int64,
+                                     "id": np.int64, "price": np.float64, "amount": np.float64})
+    day = DayArrays(frame=frame)
+    for symbol, group in frame.groupby("symbol", observed=True, sort=True):
+        order = np.lexsort((group["id"].to_numpy(), group["timestamp"].to_numpy()))
+        day.symbols[str(symbol)] = {
+            "timestamp": group["timestamp"].to_numpy()[order],
+            "price": group["price"].to_numpy()[order],
+            "amount": group["amount"].to_numpy()[order],
+            "buy": (group["side"].to_numpy() == "buy")[order],
+        }
+    return day
+
+
+def ohlcv(columns: dict[str, np.ndarray], timeframe_us: int, gap_fill: bool) -> dict[str, np.ndarray]:
+    """Candles of one symbol and timeframe with reduceat over bucket boundaries; with ``gap_fill``
+    the series is contiguous (empty buckets carry the previous close, volume 0), as features need."""
+    price, amount = columns["price"], columns["amount"]
+    bucket = columns["timestamp"] // timeframe_us
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(bucket)) + 1))
+    ends = np.concatenate((starts[1:], [len(bucket)]))
+    volume = np.add.reduceat(amount, starts)
+    quote = np.add.reduceat(price * amount, starts)
+    candles = {
+        "start": bucket[starts], "open": price[starts], "high": np.maximum.reduceat(price, starts),
+        "low": np.minimum.reduceat(price, starts), "close": price[ends - 1], "volume": volume,
+        "quote_volume": quote, "trades": (ends - starts).astype(np.float64), "vwap": quote / volume,
+        "buy_volume": np.add.reduceat(np.where(columns["buy"], amount, 0.0), starts),
+    }
+    if not gap_fill:
+        return candles
+    slots = candles["start"] - candles["start"][0]
+    size = int(slots[-1]) + 1
+    filled_from = np.maximum.accumulate(np.where(np.isin(np.arange(size), slots), np.arange(size), 0))
+    position = np.zeros(size, dtype=np.int64)
+    position[slots] = np.arange(len(slots))
+    carried_close = candles["close"][position[filled_from]]
+    dense: dict[str, np.ndarray] = {}
+    for name in ("open", "high", "low", "close"):
+        dense[name] = carried_close.copy()
+        dense[name][slots] = candles[name]
+    for name in ("volume", "quote_volume", "trades", "buy_volume"):
+        dense[name] = np.zeros(size)
+        dense[name][slots] = candles[name]
+    dense["vwap"] = np.full(size, np.nan)
+    dense["vwap"][slots] = candles["vwap"]
+    dense["start"] = candles["start"][0] + np.arange(size)
+    return dense
+
+
+def numpy_limit(day: DayArrays, timeframes: str, feature_timeframes: str) -> tuple[float, dict[str, int]]:
+    """Seconds for every timeframe's candles (+ features where configured) of every symbol, and
+    the number of candles per timeframe (non-empty ones, to cross-check the pipeline)."""
+    featured = {label for label, _ in parse_timeframes(feature_timeframes)}
+    counts: Counter[str] = Counter()
+    started = time.perf_counter()
+    for columns in day.symbols.values():
+        for label, seconds in parse_timeframes(timeframes):
+            candles = ohlcv(columns, seconds * 1_000_000, gap_fill=label in featured)
+            if label in featured:
+                compute_features({name: candles[name] for name in CANDLE_FIELDS}, float(seconds))
+            counts[label] += int(np.count_nonzero(candles["trades"]))
+    return time.perf_counter() - started, dict(counts)
+
+
+# ------------------------------------------------------------------------------------ 2. replay
+
+def replay_row(path: str, out_dir: str, timeframes: str, feature_timeframes: str,
+               expected_candles: dict[str, int], ticks: int) -> Row:
+    command = MDS + ["replay", "--input", path, "--output-dir", out_dir, "--timeframes", timeframes,
+                     "--feature-timeframes", feature_timeframes, "--quiet"]
+    measured = _checked(run_measured(command), "mds replay")
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    with open(os.path.join(out_dir, "candles.jsonl"), encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            key = (row["symbol"], row["timeframe"], row["timestamp_in"])
+            if key not in latest or row["revision"] >= latest[key]["revision"]:
+                latest[key] = row
+    got = Counter(key[1] for key, row in latest.items() if row["trades"])
+    day_trades = sum(row["trades"] for key, row in latest.items() if key[1] == "24h")
+    same = dict(got) == expected_candles and day_trades == ticks
+    note = ("candles = numpy's" if same else
+            f"MISMATCH: candles {dict(got)} vs numpy {expected_candles}, 24h trades {day_trades:,}")
+    return Row("mds replay (DirectRunner batch)", ticks, measured.seconds, measured.peak_rss_bytes,
+               f"{note}; incl. ~5 s Beam start-up")
+
+
+# --------------------------------------------------------------------------------- 3. streaming
+
+def restamped_slice(day: DayArrays, ticks: int, seconds: float, start_us: int, path: str) -> int:
+    """The first ``ticks`` trades of the day, their event times compressed to ``seconds`` and
+    shifted to start at ``start_us``, as a Tardis CSV (what ``mds ingest --speed 1`` paces)."""
+    assert day.frame is not None
+    part = day.frame.iloc[:ticks].copy()
+    first = int(part["timestamp"].iloc[0])
+    span = max(int(part["timestamp"].iloc[-1]) - first, 1)
+    scale = seconds * 1e6 / span
+    lag = part["local_timestamp"] - part["timestamp"]
+    part["timestamp"] = start_us + ((part["timestamp"] - first) * scale).astype(np.int64)
+    part["local_timestamp"] = part["timestamp"] + lag
+    part.to_csv(path, index=False, lineterminator="\n")
+    return len(part)
+
+
+def _count(client: Any, table: str) -> int:
+    return int(list(client.query(f"SELECT COUNT(*) AS n FROM `{PROJECT}.{DATASET}.{table}`").result())[0]["n"])
+
+
+def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str) -> Row:
+    from pipelines.demo import Heartbeat
+    from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
+                                       ensure_topic_and_subscription, pubsub_env)
+    from transforms.bigquery import make_client
+
+    ticks = min(int(args.stream_rate * args.stream_seconds), day.ticks)
+    with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
+        topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, BIGQUERY_EMULATOR_HOST=bigquery.endpoint,
+                   GOOGLE_CLOUD_PROJECT=PROJECT)
+        log = open(os.path.join(work_dir, "streaming_pipeline.log"), "wb")
+        pipeline = subprocess.Popen(
+            MDS + ["run", "--runner=BundleBasedDirectRunner", f"--input_subscription={subscription}",
+                   f"--output_dataset={PROJECT}:{DATASET}", "--mode=both",
+                   f"--allowed_lateness_seconds={args.allowed_lateness_seconds}",
+                   "--early_firing_seconds=10", "--idle_timeout_seconds=120"],
+            cwd=REPO, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+        monitor = PeakRssMonitor(pipeline.pid)
+        monitor.start()
+        heartbeat = Heartbeat(topic)
+        ingest = None
+        try:
+            client = make_client(PROJECT, bigquery.endpoint)
+            deadline = time.monotonic() + 90
+            while not _tables_ready(client):
+                if pipeline.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the streaming pipeline did not start; see {log.name}")
+                time.sleep(1)
+            heartbeat.start()
+            time.sleep(8)  # the DirectRunner pulls a few seconds after it built the graph
+            source = os.path.join(work_dir, "stream_slice.csv")
+            published = restamped_slice(day, ticks, args.stream_seconds, time.time_ns() // 1000 + 2_000_000, source)
+            started = time.monotonic()
+            ingest = subprocess.Popen(MDS + ["ingest", "--source", source, "--speed", "1", "--topic", topic,
+                                             "--quiet"], cwd=REPO, env=env, start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            samples: list[tuple[float, int]] = []
+            drain_deadline = None
+            while True:
+                time.sleep(BIGQUERY_POLL_SECONDS)
+                samples.append((time.monotonic() - started, _count(client, "ticks")))
+                if drain_deadline is None and ingest.poll() is not None:
+                    drain_deadline = time.monotonic() + args.stream_drain_seconds
+                if drain_deadline is not None and time.monotonic() > drain_deadline:
+                    break
+            dead = _count(client, "dead_letter")
+            latency = np.array([r["latency_ms"] for r in client.query(
+                f"SELECT latency_ms FROM `{PROJECT}.{DATASET}.candles` "
+                f"WHERE is_final AND latency_ms IS NOT NULL").result()], dtype=np.float64)
+        finally:
+            heartbeat.stop()
+            for process in (ingest, pipeline):
+                if process is not None and process.poll() is None:
+                    _terminate_group(process)
+            peak = monitor.stop()
+            log.close()
+    stored = samples[-1][1]
+    reached = next(t for t, n in samples if n == stored) if stored else float("nan")
+    p50, p95, p99 = np.percentile(latency, [50, 95, 99]) if latency.size else (np.nan,) * 3
+    note = (f"offered {published / args.stream_seconds:,.0f}/s for {args.stream_seconds:g}s; "
+            f"{stored:,}/{published:,} ticks in BQ, {dead:,} dead letters; candle latency_ms "
+            f"p50={p50:,.0f} p95={p95:,.0f} p99={p99:,.0f} (n={latency.size:,})")
+    return Row("streaming: Pub/Sub → mds run → BigQuery", stored, reached, peak, note)
+
+
+def _tables_ready(client: Any) -> bool:
+    try:
+        _count(client, "candles")
+        return True
+    except Exception:  # noqa: BLE001 - not created yet is any of NotFound/BadRequest here
+        return False
+
+
+# ------------------------------------------------------------------------------------ 4. ingest
+
+_PY_SUMMARY = re.compile(r"published ([\d,]+) ticks .* in ([\d.]+)s = ([\d,]+) ticks/s")
+_NODE_SUMMARY = re.compile(r"ingest summary: ([\d,]+) ticks .* ([\d,]+) ticks/s over ([\d.]+) s")
+
+
+def ingest_rows(path: str, args: argparse.Namespace) -> list[Row]:
+    from pipelines.local_stack import PubSubEmulator, ensure_topic_and_subscription, pubsub_env
+
+    common = ["--source", path, "--create-topic", "--quiet", "--project", PROJECT,
+              "--batch-size", str(args.batch_size), "--duration", str(args.ingest_seconds)]
+    rows = []
+    with PubSubEmulator() as pubsub, pubsub_env(pubsub.host):
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, METADATA_SERVER_DETECTION="none")
+        for name, command, pattern in (
+                ("ingest: Python mds ingest", MDS + ["ingest", "--topic", "bench-python"] + common, _PY_SUMMARY),
+                ("ingest: Node.js mds-ingest.js", NODE_INGEST + ["--topic", "bench-node"] + common, _NODE_SUMMARY)):
+            ensure_topic_and_subscription(PROJECT, command[command.index("--topic") + 1])
+            measured = _checked(run_measured(command, env=env), name)
+            match = pattern.search(measured.output)
+            if not match:
+                raise RuntimeError(f"{name}: no summary line in its output:\n{measured.output[-2000:]}")
+            published = int(match.group(1).replace(",", ""))
+            own_seconds = float(match.group(2) if pattern is _PY_SUMMARY else match.group(3))
+            rows.append(Row(name, published, own_seconds, measured.peak_rss_bytes,
+                            f"batch {args.batch_size}; its own clock (process wall {measured.seconds:.1f}s)"))
+    return rows
+
+
+# ------------------------------------------------------------------------------------- the table
+
+def print_table(rows: list[Row], limit_tps: float, command: str, extra: list[str]) -> None:
+    print()
+    print(f"$ {command}")
+    print(f"{'stage':<42} {'ticks':>11} {'seconds':>9} {'ticks/s':>11} {'÷ numpy':>9} {'peak RSS':>9}  note")
+    for row in rows:
+        rss = f"{row.peak_rss_bytes / 2**20:,.0f} MB" if row.peak_rss_bytes else "-"
+        ratio = limit_tps / row.ticks_per_second if row.ticks_per_second > 0 else float("nan")
+        print(f"{row.stage:<42} {row.ticks:>11,} {row.seconds:>9.2f} {row.ticks_per_second:>11,.0f} "
+              f"{ratio:>8,.0f}× {rss:>9}  {row.note}")
+    for line in extra:
+        print(line)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ticks", type=int, default=DEFAULT_TICKS, help="ticks in the generated day")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--input", help="an existing Tardis trades CSV(.gz) instead of a generated day")
+    parser.add_argument("--timeframes", default=DEFAULT_TIMEFRAMES)
+    parser.add_argument("--feature-timeframes", default=DEFAULT_FEATURE_TIMEFRAMES)
+    parser.add_argument("--work-dir", default="out/bench")
+    parser.add_argument("--skip-replay", action="store_true")
+    parser.add_argument("--skip-streaming", action="store_true")
+    parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--stream-seconds", type=float, default=60.0, help="how long the stream publishes")
+    parser.add_argument("--stream-rate", type=float, default=2_000.0, help="offered ticks/s in the stream")
+    parser.add_argument("--stream-drain-seconds", type=float, default=75.0,
+                        help="after publishing, how long to wait for the last 1m windows and rows")
+    parser.add_argument("--allowed-lateness-seconds", type=int, default=30)
+    parser.add_argument("--ingest-seconds", type=float, default=30.0,
+                        help="each ingest worker publishes the day for at most this long")
+    parser.add_argument("--batch-size", type=int, default=500, help="ticks per Pub/Sub message (ingest)")
+    args = parser.parse_args(argv)
+    if args.ticks <= 0 or args.stream_seconds <= 0 or args.stream_rate <= 0 or args.ingest_seconds <= 0:
+        parser.error("--ticks, --stream-seconds, --stream-rate and --ingest-seconds must be > 0")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    os.chdir(REPO)
+    os.makedirs(args.work_dir, exist_ok=True)
+    command = shlex.join([os.path.relpath(PYTHON, REPO), "-m", "bench.run"] + argv)
+
+    started = time.perf_counter()
+    path = args.input or ensure_day(args.ticks, args.seed)
+    generated = time.perf_counter() - started
+    started = time.perf_counter()
+    day = load_day(path)
+    load_seconds = time.perf_counter() - started
+    limit_seconds, candle_counts = numpy_limit(day, args.timeframes, args.feature_timeframes)
+    limit_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rows = [Row("numpy limit: OHLCV all TFs + features", day.ticks, limit_seconds, limit_rss,
+                f"this process, load incl.; {', '.join(f'{k} {v:,}' for k, v in candle_counts.items())} candles")]
+    print(f"day: {path} ({day.ticks:,} ticks, {len(day.symbols)} symbols); prepared in {generated:.1f}s, "
+          f"loaded (pandas read_csv + sort) in {load_seconds:.1f}s = {day.ticks / load_seconds:,.0f} ticks/s",
+          flush=True)
+    print(f"numpy limit: {limit_seconds:.2f}s = {day.ticks / limit_seconds:,.0f} ticks/s", flush=True)
+
+    if not args.skip_replay:
+        rows.append(replay_row(path, os.path.join(args.work_dir, "replay"), args.timeframes,
+                               args.feature_timeframes, candle_counts, day.ticks))
+        print(f"replay: {rows[-1].seconds:.1f}s", flush=True)
+    if not args.skip_streaming:
+        rows.append(streaming_row(day, args, args.work_dir))
+        print(f"streaming: {rows[-1].note}", flush=True)
+    if not args.skip_ingest:
+        rows.extend(ingest_rows(path, args))
+    print_table(rows, rows[0].ticks_per_second, command,
+                [f"load of the CSV.gz (not in the numpy row): {load_seconds:.2f}s; machine: "
+                 f"{os.cpu_count()} cores, {os.getloadavg()[0]:.1f} load avg at the end"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
