@@ -193,3 +193,19 @@ def test_disconnect_marks_the_spanning_candle_partial():
     flags = [(c["timestamp_in"] - T0_US) // SECOND_US for c in by_timeframe(rows["candles"], "15s")
              if c["is_partial"]]
     assert flags == [0, 15]  # the first candle, and the one the disconnect happened in
+
+
+def test_long_windows_fire_provisional_panes_then_the_final_one():
+    s = stream()
+    add(s, tick(1, 100.0, 1.0, at(1)))
+    s.advance_processing_time(70)  # past the 60 s early-firing cadence
+    add(s, tick(2, 101.0, 1.0, at(100)))
+    s.advance_processing_time(70)
+    add(s, tick(3, 99.0, 1.0, at(200)))
+    rows = run_market_data(s.advance_watermark_to_infinity(),
+                           options(timeframes="15s,4h", early_firing_seconds=60, gap_candles=False),
+                           streaming=True)
+    four = [(c["revision"], c["is_final"], c["trades"], c["close"]) for c in rows["candles"]
+            if c["timeframe"] == "4h"]
+    assert four == [(0, False, 1, 100.0), (1, False, 2, 101.0), (2, True, 3, 99.0)]
+    assert all(c["is_final"] for c in rows["candles"] if c["timeframe"] == "15s")

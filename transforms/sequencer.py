@@ -49,7 +49,6 @@ class SeriesState:
     next_start_us: int  # open time of the next window the series expects
     last_trade_us: int  # newest tick seen: drives the idle timeout
     history: list[SeriesEntry] = field(default_factory=list)
-    revisions: dict[int, int] = field(default_factory=dict)  # early-pane revisions of open windows
     feature_state: Any = None
 
     @property
@@ -83,6 +82,8 @@ class SequenceCandlesFn(beam.DoFn):
     SERIES = ReadModifyWriteStateSpec("series", PickleCoder())  # SeriesState of the key
     FLUSH = TimerSpec("flush", TimeDomain.WATERMARK)  # end of the next window to release or fill
     FLUSH_AT = ReadModifyWriteStateSpec("flush_at", PickleCoder())  # when FLUSH is set (µs)
+    # Revisions already used by provisional panes of windows not yet in the series: {start: rev}
+    EARLY_REVISIONS = ReadModifyWriteStateSpec("early_revisions", PickleCoder())
 
     def __init__(self, timeframe_seconds: dict[str, int], feature_timeframes: set[str],
                  gap_candles: bool, idle_timeout_seconds: int, allowed_lateness_seconds: int,
@@ -104,16 +105,15 @@ class SequenceCandlesFn(beam.DoFn):
                 pending: Any = beam.DoFn.StateParam(PENDING),
                 series_state: Any = beam.DoFn.StateParam(SERIES),
                 flush: Any = beam.DoFn.TimerParam(FLUSH),
-                flush_at: Any = beam.DoFn.StateParam(FLUSH_AT)) -> Iterator[dict[str, Any]]:
+                flush_at: Any = beam.DoFn.StateParam(FLUSH_AT),
+                early_revisions: Any = beam.DoFn.StateParam(EARLY_REVISIONS)) -> Iterator[dict[str, Any]]:
         _, candle = element
         series: SeriesState | None = series_state.read()
         start = candle["timestamp_in"]
         if not candle["is_final"]:  # provisional pane of a long window: straight out
-            revisions = series.revisions if series else {}
-            revision = revisions.get(start, -1) + 1
-            if series:
-                series.revisions[start] = revision
-                series_state.write(series)
+            revisions = early_revisions.read() or {}
+            revisions[start] = revision = revisions.get(start, -1) + 1
+            early_revisions.write(revisions)
             row = dict(candle, revision=revision, **_NO_FEATURES)
             del row[PANE_INDEX]
             yield row
@@ -137,15 +137,20 @@ class SequenceCandlesFn(beam.DoFn):
                 series_state: Any = beam.DoFn.StateParam(SERIES),
                 flush: Any = beam.DoFn.TimerParam(FLUSH),
                 flush_at: Any = beam.DoFn.StateParam(FLUSH_AT),
+                early_revisions: Any = beam.DoFn.StateParam(EARLY_REVISIONS),
                 fired_at: Timestamp = beam.DoFn.TimestampParam) -> Iterator[dict[str, Any]]:
-        rows = self._release(pending, series_state, flush, flush_at, fired_at.micros)
-        if self._bounded:  # the whole series at once: the vectorised feature path
-            yield from self._with_batch_features(list(rows))
+        early = early_revisions.read() or {}
+        rows = list(self._release(pending, series_state, flush, flush_at, fired_at.micros, early))
+        if early:
+            early_revisions.write(early)
         else:
-            yield from rows
+            early_revisions.clear()
+        if self._bounded:  # the whole series at once: the vectorised feature path
+            rows = self._with_batch_features(rows)
+        yield from rows
 
     def _release(self, pending: Any, series_state: Any, flush: Any, flush_at: Any,
-                 now_us: int) -> Iterator[dict[str, Any]]:
+                 now_us: int, early: dict[int, int]) -> Iterator[dict[str, Any]]:
         """Emits the pending candles the watermark has passed, in order, with the gaps between."""
         flush_at.clear()
         series: SeriesState | None = series_state.read()
@@ -163,16 +168,16 @@ class SequenceCandlesFn(beam.DoFn):
                                      last_trade_us=candle["last_tick_time"],
                                      feature_state=self._initial_features(candle["timeframe"]))
                 candle = dict(candle, is_partial=True)  # first candle of the key since start
-            yield from self._fill_gaps(series, candle["timestamp_in"])
+            yield from self._fill_gaps(series, candle["timestamp_in"], early)
             if not candle["trades"]:  # only a disconnect marker in this window
                 candle = dict(gap_candle(series.history[-1].row, candle["timestamp_in"],
                                          self._timeframe_us[candle["timeframe"]]), is_partial=True)
-            yield self._append(series, candle)
+            yield self._append(series, candle, early)
         for candle in later:
             pending.add(candle)
         if series is None:
             return
-        yield from self._fill_gaps(series, now_us, trailing=True)
+        yield from self._fill_gaps(series, now_us, early, trailing=True)
         idle_at = series.last_trade_us + self._idle_us
         # Forget a silent key, but not while a late pane may still correct its last candle.
         forget_at = max(idle_at, series.next_start_us + self._lateness_us)
@@ -211,7 +216,8 @@ class SequenceCandlesFn(beam.DoFn):
                 row[name] = None if math.isnan(value) else value
         return rows
 
-    def _fill_gaps(self, series: SeriesState, until_us: int, trailing: bool = False) -> Iterator[dict[str, Any]]:
+    def _fill_gaps(self, series: SeriesState, until_us: int, early: dict[int, int],
+                   trailing: bool = False) -> Iterator[dict[str, Any]]:
         """Gap candles for the empty windows before ``until_us`` (trailing: windows that have
         ended by then, while the key is not idle)."""
         if not self._gap_candles or not series.history:
@@ -229,12 +235,14 @@ class SequenceCandlesFn(beam.DoFn):
             elif start >= until_us:
                 return
             self.gaps.inc()
-            yield self._append(series, gap_candle(series.history[-1].row, start, length))
+            yield self._append(series, gap_candle(series.history[-1].row, start, length), early)
 
-    def _append(self, series: SeriesState, candle: dict[str, Any]) -> dict[str, Any]:
-        """Adds a final candle at the end of the series and returns its output row."""
+    def _append(self, series: SeriesState, candle: dict[str, Any], early: dict[int, int]) -> dict[str, Any]:
+        """Adds a final candle at the end of the series and returns its output row; its revision
+        follows those its provisional panes used (``early``, updated)."""
         state_before = series.feature_state
-        row = dict(candle, is_final=True, revision=series.revisions.pop(candle["timestamp_in"], -1) + 1)
+        revision = early.pop(candle["timestamp_in"], -1) + 1
+        row = dict(candle, is_final=True, revision=revision)
         pane_index = row.pop(PANE_INDEX, 0)
         row.update(self._features(series, row))
         series.history.append(SeriesEntry(row, state_before, pane_index))
