@@ -32,6 +32,7 @@ from pipelines.local_stack import pubsub_env
 
 from transforms.features import FEATURE_NAMES
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
+from transforms.sinks import format_candle_lines, format_price
 
 LOCAL_PROJECT = "local-project"
 DEFAULT_DATASET = "market_data"
@@ -107,40 +108,6 @@ def select_series(rows: Iterable[Mapping[str, Any]], symbol: str, timeframe: str
 # ---------------------------------------------------------------------------------------------
 # Console lines (tail)
 # ---------------------------------------------------------------------------------------------
-
-def _price(value: float) -> str:
-    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.6g}"
-
-
-def _number(value: Any, spec: str) -> str | None:
-    if value is None:
-        return None
-    number = float(value)
-    return None if math.isnan(number) else format(number, spec)
-
-
-def format_candle_lines(row: Mapping[str, Any]) -> list[str]:
-    """Seed-style console lines for one candle row: the candle, then its features if any."""
-    opened = parse_utc(row["timestamp_in"]).strftime("%H:%M:%S")
-    volume = float(row.get("volume") or 0.0)
-    notes = []
-    if row.get("is_gap"):
-        notes.append("gap")
-    if row.get("is_final") is False:
-        notes.append("provisional")
-    if int(row.get("revision") or 0) > 0:
-        notes.append(f"rev {int(row['revision'])}")
-    suffix = f" [{', '.join(notes)}]" if notes else ""
-    lines = [f"🕯️ {row['timeframe']} CANDLE: {row['symbol']} {opened} → {_price(float(row['close']))} "
-             f"({int(row.get('trades') or 0)} trades, {volume:.2f} vol){suffix}"]
-    features = [("SMA(5)", _number(row.get("sma_5"), ".6g")),
-                ("RSI(5)", _number(row.get("rsi_5"), ".1f")),
-                ("Momentum", _number(row.get("momentum_5", row.get("momentum_3")), ".4f"))]
-    shown = [f"{name}={value}" for name, value in features if value is not None]
-    if shown:
-        lines.append("📊 HFT Features: " + ", ".join(shown))
-    return lines
-
 
 # ---------------------------------------------------------------------------------------------
 # status
@@ -461,15 +428,15 @@ def render_html(candles: Sequence[Mapping[str, Any]], features: Sequence[str], t
         y = y_price(level)
         parts.append(f'<line x1="{MARGIN_LEFT}" x2="{SVG_WIDTH - MARGIN_RIGHT}" y1="{y:.1f}" y2="{y:.1f}" '
                      f'class="grid"/><text x="{MARGIN_LEFT - 6}" y="{y + 4:.1f}" class="axis" '
-                     f'text-anchor="end">{_price(level)}</text>')
+                     f'text-anchor="end">{format_price(level)}</text>')
     for i, row in enumerate(candles):
         x = MARGIN_LEFT + step * (i + 0.5)
         opening, closing = float(row["open"]), float(row["close"])
         kind = "gap" if row.get("is_gap") else ("up" if closing >= opening else "down")
         volume = float(row.get("volume") or 0.0)
         tooltip = html.escape(f"{parse_utc(row['timestamp_in']).strftime('%Y-%m-%d %H:%M:%S')} UTC  "
-                              f"O {_price(opening)} H {_price(float(row['high']))} "
-                              f"L {_price(float(row['low']))} C {_price(closing)}  "
+                              f"O {format_price(opening)} H {format_price(float(row['high']))} "
+                              f"L {format_price(float(row['low']))} C {format_price(closing)}  "
                               f"V {volume:.4f}  trades {int(row.get('trades') or 0)}"
                               + (" (gap)" if row.get("is_gap") else ""))
         body_top = y_price(max(opening, closing))

@@ -16,6 +16,7 @@ import pytest
 
 from ingest.message import iso_from_us
 from pipelines import operate
+from transforms.sinks import format_candle_lines
 from pipelines.local_stack import BigQueryEmulator, PubSubEmulator, free_port, pubsub_env
 from transforms.schemas import CANDLE_COLUMNS
 
@@ -91,7 +92,7 @@ def test_several_exchanges_need_a_choice() -> None:
 def test_seed_style_lines() -> None:
     row = candle(0, 67050.0, trades=156, volume=1.234, sma_5=67025.0, rsi_5=65.2, momentum_5=0.0012)
     row["timestamp_in"] = "2024-03-01T20:15:00.000000Z"
-    assert operate.format_candle_lines(row) == [
+    assert format_candle_lines(row) == [
         "🕯️ 1m CANDLE: BTC-USDT 20:15:00 → 67050.00 (156 trades, 1.23 vol)",
         "📊 HFT Features: SMA(5)=67025, RSI(5)=65.2, Momentum=0.0012",
     ]
@@ -99,7 +100,7 @@ def test_seed_style_lines() -> None:
 
 def test_lines_mark_gaps_revisions_provisional_and_hide_missing_features() -> None:
     row = candle(3, 0.012345, is_gap=True, revision=2, is_final=False, trades=0, volume=0.0)
-    lines = operate.format_candle_lines(row)
+    lines = format_candle_lines(row)
     assert lines == ["🕯️ 1m CANDLE: BTC-USDT 04:03:00 → 0.012345 (0 trades, 0.00 vol) [gap, provisional, rev 2]"]
 
 

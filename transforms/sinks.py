@@ -7,6 +7,7 @@ right before a sink writes them, so latency measures the whole pipeline (SPEC §
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -110,41 +111,62 @@ class WriteJsonLines(beam.PTransform):
                 | "Append" >> beam.ParDo(AppendJsonLinesFn(self._path)))
 
 
-def _hhmmss(micros: int) -> str:
-    return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc).strftime("%H:%M:%S")
+def _hhmmss(value: Any) -> str:
+    """'20:15:00' from µs since epoch or an ISO-8601 string."""
+    return datetime.fromtimestamp(parse_time_us(value) / 1e6, tz=timezone.utc).strftime("%H:%M:%S")
 
 
-def candle_console_lines(row: dict[str, Any], now_us: Optional[int] = None,
-                         show_latency: bool = True) -> list[str]:
-    """The seed-style lines of one candle row (and its features, when it has them).
+def format_price(value: float) -> str:
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.6g}"
 
-    A replay of history has no meaningful latency (the candle closed years ago): it omits it.
-    """
-    now_us = int(time.time() * 1e6) if now_us is None else now_us
-    change = row["close"] - row["open"]
-    percent = 100.0 * change / row["open"] if row["open"] else 0.0
-    latency_ms = (now_us - row["window_end"]) / 1000.0
-    marker = "🟢" if change >= 0 else "🔴"
-    tags = "".join(f" [{tag}]" for tag, on in (("gap", row["is_gap"]), ("partial", row["is_partial"]),
-                                                  (f"rev {row['revision']}", row["revision"]),
-                                                  ("provisional", not row["is_final"])) if on)
-    lines = [f"{marker} {_hhmmss(row['timestamp_in'])} | {row['symbol']} {row['timeframe']} | "
-             f"O={row['open']:.2f} H={row['high']:.2f} L={row['low']:.2f} C={row['close']:.2f} | "
-             f"V={row['volume']:.4f} T={row['trades']} | Δ{change:+.2f} ({percent:+.2f}%)"
-             + (f" | Latency={latency_ms:.1f}ms" if show_latency else "") + tags]
-    if row.get("sma_5") is not None or row.get("rsi_5") is not None:
-        lines.append(f"🕯️ {row['timeframe']} CANDLE: {row['symbol']} {_hhmmss(row['timestamp_in'])} → "
-                     f"{row['close']:.2f} ({row['trades']} trades, {row['volume']:.2f} vol)")
-        parts = [f"{label}={_fmt(row.get(name))}" for label, name in
-                 (("SMA(5)", "sma_5"), ("RSI(5)", "rsi_5"), ("Momentum", "momentum_3"))]
-        lines.append("📊 HFT Features: " + ", ".join(parts))
+
+def _number(value: Any, spec: str) -> Optional[str]:
+    if value is None:
+        return None
+    number = float(value)
+    return None if math.isnan(number) else format(number, spec)
+
+
+def format_candle_lines(row: Mapping[str, Any]) -> list[str]:
+    """The seed's candle and feature lines for one candle row (µs or ISO times alike)."""
+    volume = float(row.get("volume") or 0.0)
+    notes = []
+    if row.get("is_gap"):
+        notes.append("gap")
+    if row.get("is_final") is False:
+        notes.append("provisional")
+    if int(row.get("revision") or 0) > 0:
+        notes.append(f"rev {int(row['revision'])}")
+    suffix = f" [{', '.join(notes)}]" if notes else ""
+    lines = [f"🕯️ {row['timeframe']} CANDLE: {row['symbol']} {_hhmmss(row['timestamp_in'])} → "
+             f"{format_price(float(row['close']))} ({int(row.get('trades') or 0)} trades, {volume:.2f} vol)"
+             f"{suffix}"]
+    features = [("SMA(5)", _number(row.get("sma_5"), ".6g")),
+                ("RSI(5)", _number(row.get("rsi_5"), ".1f")),
+                ("Momentum", _number(row.get("momentum_5", row.get("momentum_3")), ".4f"))]
+    shown = [f"{name}={value}" for name, value in features if value is not None]
+    if shown:
+        lines.append("📊 HFT Features: " + ", ".join(shown))
     return lines
 
 
-def _fmt(value: Optional[float]) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+def candle_console_lines(row: Mapping[str, Any], now_us: Optional[int] = None,
+                         show_latency: bool = True) -> list[str]:
+    """The seed's price line of one candle, then its candle and feature lines.
+
+    A replay of history has no meaningful latency (the candle closed years ago): it omits it.
+    """
+    now_us = time.time_ns() // 1_000 if now_us is None else now_us
+    change = row["close"] - row["open"]
+    percent = 100.0 * change / row["open"] if row["open"] else 0.0
+    latency_ms = (now_us - parse_time_us(row["window_end"])) / 1000.0
+    marker = "🟢" if change >= 0 else "🔴"
+    partial = " [partial]" if row.get("is_partial") else ""
+    return [f"{marker} {_hhmmss(row['timestamp_in'])} | {row['symbol']} {row['timeframe']} | "
+            f"O={row['open']:.2f} H={row['high']:.2f} L={row['low']:.2f} C={row['close']:.2f} | "
+            f"V={row['volume']:.4f} T={row['trades']} | Δ{change:+.2f} ({percent:+.2f}%)"
+            + (f" | Latency={latency_ms:.1f}ms" if show_latency else "") + partial] \
+        + format_candle_lines(row)
 
 
 class PrintCandlesFn(beam.DoFn):
