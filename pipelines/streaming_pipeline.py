@@ -17,7 +17,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 
-from ingest.files import iter_records
+from ingest.files import FORMAT_TARDIS_CSV, iter_records, iter_tardis_columns, sniff_format
 from pipelines.options import MarketDataOptions
 from transforms.bigquery import (WriteRowsToBigQuery, ensure_tables, ensure_views, make_client,
                                  split_dataset_ref)
@@ -36,7 +36,8 @@ LATE_TICK_MEMORY_SECONDS = 86_400
 
 
 class ReadTickFileFn(beam.DoFn):
-    """A trades file path → elements ParseTicksFn understands: JSONL lines, or CSV record chunks."""
+    """A trades file path → elements ParseTicksFn understands: JSONL lines, Tardis CSV column
+    chunks, or record chunks of other CSVs."""
 
     def __init__(self, chunk_size: int = CSV_CHUNK_TICKS, progress_total: Optional[int] = None) -> None:
         self._chunk_size = chunk_size
@@ -49,6 +50,14 @@ class ReadTickFileFn(beam.DoFn):
 
             progress = tqdm(total=self._progress_total, unit="ticks", unit_scale=True,
                             desc="replay", file=sys.stderr, leave=False)
+        if sniff_format(path) == FORMAT_TARDIS_CSV:  # the columnar fast path
+            for columns in iter_tardis_columns(path):
+                yield columns
+                if progress is not None:
+                    progress.update(columns.num_rows)
+            if progress is not None:
+                progress.close()
+            return
         chunk: list[Any] = []
         for record in iter_records(path):
             if isinstance(record, str):

@@ -100,3 +100,35 @@ def test_disconnect_marker_alone_makes_an_empty_flagged_batch():
     batches, dead = parse([], disconnects=[marker])
     assert dead == [] and len(batches) == 1
     assert batches[0].disconnect and len(batches[0]) == 0 and batches[0].bucket == T0_US // BUCKET_US + 1
+
+
+def test_columnar_tardis_csv_path_equals_the_per_tick_path(tmp_path):
+    """`mds replay` reads Tardis CSVs column-wise: same batches and same dead letters as per tick."""
+    from ingest.files import iter_records, iter_tardis_columns
+    from transforms.ticks import parse_columns
+
+    us = T0_US
+    lines = ["exchange,symbol,timestamp,local_timestamp,id,side,price,amount",
+             f"binance,BTCUSDT,{us + 1},{us + 2},1,buy,100.5,0.25",
+             f"binance,BTCUSDT,{us + 16_000_000},{us + 16_000_001},2,sell,101,1",
+             f"bitmex,XBTUSD,{us + 3},{us + 4},a-b,unknown,8531.5,2152",
+             f"binance,BTCUSDT,{us + 5},{us + 6},3,buy,abc,1",  # price not a number
+             f"binance,BTCUSDT,,{us + 6},4,buy,100,1",  # no timestamp
+             f"binance,BTCUSDT,{us + 7},{us + 8},5,long,100,1",  # bad side
+             f"binance,BTCUSDT,{us + 9},{us + 9},6,sell,100,-2",  # negative amount
+             f"binance,BTCUSDT,{us + 9},{us + 9},7,sell,nan,1"]  # not finite
+    path = tmp_path / "trades.csv"
+    path.write_text("\n".join(lines) + "\n")
+    [columns] = list(iter_tardis_columns(str(path)))
+    fast, fast_dead = parse_columns(columns, now_us=NOW_US)
+    slow, slow_dead = parse(list(iter_records(str(path))))
+
+    def shape(batches):
+        return sorted((b.exchange, b.symbol, b.native_symbol, b.bucket, b.ids, b.ts_us.tolist(),
+                       b.local_ts_us.tolist(), b.price.tolist(), b.amount.tolist(), b.side.tolist())
+                      for b in batches)
+
+    assert shape(fast) == shape(slow)
+    assert len(shape(fast)) == 3 and sorted(b.symbol for b in fast) == ["BTC-USDT", "BTC-USDT", "XBT-USD"]
+    assert sorted(d["reason"] for d in fast_dead) == sorted(d["reason"] for d in slow_dead)
+    assert len(fast_dead) == 5

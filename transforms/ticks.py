@@ -193,6 +193,94 @@ def parse_records(records: Sequence[Any], attributes: Mapping[str, str] | None =
     return batches, dead
 
 
+def _row_dicts(columns: Any, rows: np.ndarray) -> list[dict[str, Any]]:
+    """Rows of a Tardis column chunk as wire-format dicts (strings as read), for the per-tick
+    validator."""
+    from ingest.files import TARDIS_HEADER
+    from ingest.symbols import to_user_symbol
+
+    cells = {name: columns.column(name).take(rows).to_pylist() for name in TARDIS_HEADER}
+    return [{
+        wire.FIELD_EXCHANGE: cells["exchange"][i], wire.FIELD_SYMBOL: to_user_symbol(cells["symbol"][i] or ""),
+        wire.FIELD_NATIVE_SYMBOL: cells["symbol"][i], wire.FIELD_ID: cells["id"][i],
+        wire.FIELD_PRICE: _maybe_float(cells["price"][i]), wire.FIELD_AMOUNT: _maybe_float(cells["amount"][i]),
+        wire.FIELD_SIDE: cells["side"][i], wire.FIELD_TIMESTAMP: cells["timestamp"][i],
+        wire.FIELD_LOCAL_TIMESTAMP: cells["local_timestamp"][i],
+    } for i in range(len(rows))]
+
+
+def _maybe_float(text: Any) -> Any:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def parse_columns(columns: Any, max_future_us: int = 86_400_000_000, now_us: int | None = None
+                  ) -> tuple[list[TickBatch], list[dict[str, Any]]]:
+    """A Tardis trades CSV chunk (pyarrow RecordBatch of strings) → TickBatches + dead letters.
+
+    The same rules as ``parse_records``, vectorised: rows that fail them (or whose cells are not
+    even numbers) go through the per-tick validator, which names the reason.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    now_us = int(time.time() * 1e6) if now_us is None else now_us
+
+    valid = np.ones(columns.num_rows, dtype=bool)
+    parsed = {}
+    for name, kind in (("timestamp", pa.int64()), ("local_timestamp", pa.int64()),
+                       ("price", pa.float64()), ("amount", pa.float64())):
+        text = columns.column(name)
+        ok = pc.match_substring_regex(text, r"^-?[0-9]+$" if kind == pa.int64() else
+                                      r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
+        ok = ok.fill_null(False).to_numpy(zero_copy_only=False)
+        valid &= ok
+        placeholder = pa.scalar("0", pa.string())
+        parsed[name] = pc.cast(pc.if_else(pa.array(ok), text, placeholder), kind).to_numpy(zero_copy_only=False)
+    ts, local, price, amount = parsed["timestamp"], parsed["local_timestamp"], parsed["price"], parsed["amount"]
+    side_text = columns.column("side").to_numpy(zero_copy_only=False)
+    side = np.zeros(columns.num_rows, dtype=np.int8)
+    side[side_text == "buy"] = 1
+    side[side_text == "sell"] = -1
+    valid &= (side != 0) | (side_text == "unknown") | (side_text == "")
+    valid &= (price > 0) & np.isfinite(price) & (amount >= 0) & np.isfinite(amount)
+    valid &= ts <= now_us + max_future_us
+    exchange = columns.column("exchange").to_numpy(zero_copy_only=False)
+    native = columns.column("symbol").to_numpy(zero_copy_only=False)
+    ids = np.asarray(columns.column("id").to_pylist(), dtype=object)
+    valid &= (exchange != "") & (native != "") & (ids != "")
+    dead: list[dict[str, Any]] = []
+    if not valid.all():
+        _, dead = parse_records(_row_dicts(columns, np.flatnonzero(~valid)),
+                                max_future_us=max_future_us, now_us=now_us)
+    rows = np.flatnonzero(valid)
+    if not rows.size:
+        return [], dead
+    keys, key_index = np.unique(np.char.add(np.char.add(exchange[rows].astype(str), "\x1f"),
+                                            native[rows].astype(str)), return_inverse=True)
+    bucket = ts[rows] // BUCKET_US
+    order = np.lexsort((ts[rows], bucket, key_index))
+    rows, key_index, bucket = rows[order], key_index[order], bucket[order]
+    starts = np.flatnonzero(np.r_[True, (np.diff(key_index) != 0) | (np.diff(bucket) != 0)])
+    ends = np.r_[starts[1:], rows.size]
+    from ingest.symbols import to_user_symbol
+
+    symbols = []
+    for key in keys.tolist():
+        exchange_name, native_symbol = key.split("\x1f")
+        symbols.append((exchange_name, to_user_symbol(native_symbol), native_symbol))
+    batches = []
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        take = rows[start:end]
+        exchange_name, user_symbol, native_symbol = symbols[key_index[start]]
+        batches.append(TickBatch(exchange_name, user_symbol, native_symbol,
+                                 ids[take].tolist(), ts[take], local[take], price[take], amount[take],
+                                 side[take], int(bucket[start])))
+    return batches, dead
+
+
 class ParseTicksFn(beam.DoFn):
     """Pub/Sub messages (or replayed file records) → TickBatches; every invalid input to the
     dead-letter output with its payload and reason."""
@@ -208,6 +296,10 @@ class ParseTicksFn(beam.DoFn):
         attributes: dict[str, str] = {}
         publish_time_us = 0
         disconnects: Sequence[Any] = ()
+        if hasattr(element, "num_rows"):  # a column chunk of a replayed Tardis CSV
+            batches, dead = parse_columns(element, self._max_future_us)
+            yield from self._emit(batches, dead)
+            return
         if isinstance(element, (bytes, str)):  # a JSONL line of a replayed file
             data: Any = element
         elif isinstance(element, list):  # a chunk of already-decoded CSV records
@@ -236,8 +328,10 @@ class ParseTicksFn(beam.DoFn):
                     return
             else:
                 records = [decoded]
-        batches, dead = parse_records(records, attributes, publish_time_us, self._max_future_us,
-                                      disconnects)
+        yield from self._emit(*parse_records(records, attributes, publish_time_us,
+                                             self._max_future_us, disconnects))
+
+    def _emit(self, batches: list[TickBatch], dead: list[dict[str, Any]]) -> Iterator[Any]:
         for row in dead:
             self.invalid.inc()
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)
