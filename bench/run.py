@@ -300,7 +300,8 @@ def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str) -> Ro
             published = restamped_slice(day, ticks, args.stream_seconds, time.time_ns() // 1000 + 2_000_000, source)
             started = time.monotonic()
             ingest = subprocess.Popen(MDS + ["ingest", "--source", source, "--speed", "1", "--topic", topic,
-                                             "--quiet"], cwd=REPO, env=env, start_new_session=True,
+                                             "--batch-size", str(args.batch_size), "--batch-latency-ms",
+                                             str(args.stream_batch_latency_ms), "--quiet"], cwd=REPO, env=env, start_new_session=True,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             samples: list[tuple[float, int]] = []
             drain_deadline = None
@@ -311,7 +312,8 @@ def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str) -> Ro
                     drain_deadline = time.monotonic() + args.stream_drain_seconds
                 if drain_deadline is not None and time.monotonic() > drain_deadline:
                     break
-            dead = _count(client, "dead_letter")
+            dead = {row["stage"]: int(row["n"]) for row in client.query(
+                f"SELECT stage, COUNT(*) AS n FROM `{PROJECT}.{DATASET}.dead_letter` GROUP BY stage").result()}
             latency = np.array([r["latency_ms"] for r in client.query(
                 f"SELECT latency_ms FROM `{PROJECT}.{DATASET}.candles` "
                 f"WHERE is_final AND latency_ms IS NOT NULL").result()], dtype=np.float64)
@@ -326,7 +328,7 @@ def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str) -> Ro
     reached = next(t for t, n in samples if n == stored) if stored else float("nan")
     p50, p95, p99 = np.percentile(latency, [50, 95, 99]) if latency.size else (np.nan,) * 3
     note = (f"offered {published / args.stream_seconds:,.0f}/s for {args.stream_seconds:g}s; "
-            f"{stored:,}/{published:,} ticks in BQ, {dead:,} dead letters; candle latency_ms "
+            f"batches ≤{args.batch_size} ticks/≤{args.stream_batch_latency_ms} ms; {stored:,}/{published:,} ticks in BQ, dead letters {dead or 0}; candle latency_ms "
             f"p50={p50:,.0f} p95={p95:,.0f} p99={p99:,.0f} (n={latency.size:,})")
     return Row("streaming: Pub/Sub → mds run → BigQuery", stored, reached, peak, note)
 
@@ -396,9 +398,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-streaming", action="store_true")
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--stream-seconds", type=float, default=60.0, help="how long the stream publishes")
-    parser.add_argument("--stream-rate", type=float, default=2_000.0, help="offered ticks/s in the stream")
+    parser.add_argument("--stream-rate", type=float, default=500.0, help="offered ticks/s in the stream")
     parser.add_argument("--stream-drain-seconds", type=float, default=75.0,
                         help="after publishing, how long to wait for the last 1m windows and rows")
+    parser.add_argument("--stream-batch-latency-ms", type=int, default=200,
+                        help="the streaming publisher's max batch age (fewer, bigger messages when higher)")
     parser.add_argument("--allowed-lateness-seconds", type=int, default=30)
     parser.add_argument("--ingest-seconds", type=float, default=30.0,
                         help="each ingest worker publishes the day for at most this long")
