@@ -209,3 +209,22 @@ def test_long_windows_fire_provisional_panes_then_the_final_one():
             if c["timeframe"] == "4h"]
     assert four == [(0, False, 1, 100.0), (1, False, 2, 101.0), (2, True, 3, 99.0)]
     assert all(c["is_final"] for c in rows["candles"] if c["timeframe"] == "15s")
+
+
+def test_a_key_silent_longer_than_the_idle_timeout_starts_a_new_series_on_both_paths():
+    ticks = [tick(1, 100.0, 1.0, at(1)), tick(2, 101.0, 1.0, at(3 * 3600 + 1))]
+    s = stream()
+    for t in ticks:
+        add(s, t)
+    streamed = run_market_data(s.advance_watermark_to_infinity(),
+                               options(timeframes="15s", idle_timeout_seconds=60), streaming=True)
+    bounded = run_market_data([message([t]) for t in ticks],
+                              options(timeframes="15s", idle_timeout_seconds=60), streaming=False)
+    for rows in (streamed, bounded):
+        candles = by_timeframe(rows["candles"], "15s")
+        starts = [(c["timestamp_in"] - T0_US) // SECOND_US for c in candles]
+        # 0:00, gaps whose windows end before the key is idle (0:01 + 60 s), then 3:00:00 anew.
+        assert starts[:5] == [0, 15, 30, 45, 3 * 3600]
+        assert [c["is_partial"] for c in candles if not c["is_gap"]] == [True, True]
+    assert [(c["timestamp_in"], c["is_gap"], c["close"]) for c in by_timeframe(streamed["candles"], "15s")] == \
+        [(c["timestamp_in"], c["is_gap"], c["close"]) for c in by_timeframe(bounded["candles"], "15s")]

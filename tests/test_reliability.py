@@ -200,10 +200,9 @@ def test_fuzzed_tick_batches_account_for_every_tick(case):
         assert_dead_letter_row(row)
     valid_ids = [i for b in batches for i in b.ids]
     if ts_kind == "garbage":
-        # A ts attribute that is not an integer rejects the message as a whole: one row that
-        # still holds every tick (see the report: SPEC wants one row per tick).
-        assert (valid_ids, len(dead)) == ([], 1) and "bad ts attribute" in dead[0]["reason"]
-        assert len(json.loads(dead[0]["payload"])) == len(cases)
+        # A ts attribute that is not an integer rejects every tick of the message, one row each.
+        assert valid_ids == [] and len(dead) == max(len(cases), 1)
+        assert all("bad ts attribute" in row["reason"] for row in dead)
         return
     assert len(valid_ids) + len(dead) == len(cases), (valid_ids, [d["reason"] for d in dead])
     good_ids = {t["id"] for kind, t in cases if kind == "good"}
@@ -230,8 +229,8 @@ def test_parse_records_accounts_for_every_record(records, ts):
     valid = sum(len(b) for b in batches)
     try:
         int(ts or "0")
-    except ValueError:
-        assert (valid, len(dead)) == (0, 1)
+    except ValueError:  # every record rejected, one row each (one row for an empty message)
+        assert (valid, len(dead)) == (0, max(len(records), 1))
         return
     assert valid + len(dead) == len(records)
 

@@ -132,3 +132,25 @@ def test_columnar_tardis_csv_path_equals_the_per_tick_path(tmp_path):
     assert len(shape(fast)) == 3 and sorted(b.symbol for b in fast) == ["BTC-USDT", "BTC-USDT", "XBT-USD"]
     assert sorted(d["reason"] for d in fast_dead) == sorted(d["reason"] for d in slow_dead)
     assert len(fast_dead) == 5
+
+
+def test_deeply_nested_json_is_one_dead_letter_not_a_crash():
+    _, dead = run_fn(PubsubMessage(b"[" * 100_000, {}))
+    assert len(dead) == 1 and dead[0]["reason"].startswith("bad JSON")
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"timestamp": -9.3e21}, "before 1970"),
+    ({"timestamp": -99_999_999_999}, "before 1970"),
+    ({"timestamp": "0001-01-01T00:00:00Z"}, "before 1970"),
+    ({"localTimestamp": 10 ** 30}, "localTimestamp"),
+])
+def test_out_of_range_times_are_rejected_per_tick_not_per_message(change, reason):
+    batches, dead = parse([dict(tick(1, 1.0, 1.0, T0_US), **change), tick(2, 1.0, 1.0, T0_US)])
+    assert [b.ids for b in batches] == [["2"]]
+    assert len(dead) == 1 and reason in dead[0]["reason"]
+
+
+def test_bad_ts_attribute_dead_letters_each_tick():
+    _, dead = parse([tick(1, 1.0, 1.0, T0_US), tick(2, 1.0, 1.0, T0_US)], attributes={"ts": "abc"})
+    assert [json.loads(d["payload"])["id"] for d in dead] == ["1", "2"]

@@ -31,6 +31,7 @@ from transforms.features import FEATURE_NAMES
 FEATURE_HISTORY = 40  # candles of history kept per key: covers every feature's look-back (≤ 34)
 _NO_FEATURES = dict.fromkeys(FEATURE_NAMES)
 _END_OF_TIME_US = window.GlobalWindow().max_timestamp().micros
+SERIES_BREAK: Any = object()  # between the rows of two series of one key (it went idle between)
 
 
 @dataclass
@@ -140,14 +141,20 @@ class SequenceCandlesFn(beam.DoFn):
                 early_revisions: Any = beam.DoFn.StateParam(EARLY_REVISIONS),
                 fired_at: Timestamp = beam.DoFn.TimestampParam) -> Iterator[dict[str, Any]]:
         early = early_revisions.read() or {}
-        rows = list(self._release(pending, series_state, flush, flush_at, fired_at.micros, early))
+        released = list(self._release(pending, series_state, flush, flush_at, fired_at.micros, early))
         if early:
             early_revisions.write(early)
         else:
             early_revisions.clear()
-        if self._bounded:  # the whole series at once: the vectorised feature path
-            rows = self._with_batch_features(rows)
-        yield from rows
+        segments: list[list[dict[str, Any]]] = [[]]
+        for row in released:
+            if row is SERIES_BREAK:
+                segments.append([])
+            else:
+                segments[-1].append(row)
+        for rows in segments:
+            # A bounded run has each whole series at once: the vectorised feature path.
+            yield from self._with_batch_features(rows) if self._bounded else rows
 
     def _release(self, pending: Any, series_state: Any, flush: Any, flush_at: Any,
                  now_us: int, early: dict[int, int]) -> Iterator[dict[str, Any]]:
@@ -161,6 +168,12 @@ class SequenceCandlesFn(beam.DoFn):
             if series and candle["timestamp_in"] < series.next_start_us:
                 yield from self._correct(series, candle)
                 continue
+            if series and candle["timestamp_in"] >= series.last_trade_us + self._idle_us:
+                # The key went silent in between: gaps up to the idle timeout, then a new series,
+                # as a stream's forget timer would have done.
+                yield from self._fill_gaps(series, candle["timestamp_in"], early, trailing=True)
+                series = None
+                yield SERIES_BREAK
             if series is None:
                 if not candle["trades"]:
                     continue  # a disconnect marker before any trade: no price to build a candle on

@@ -128,10 +128,14 @@ def _validate_tick(tick: Any, min_ts_us: int | None, max_ts_us: int) -> tuple:
     ts_us = wire.parse_time_us(tick[wire.FIELD_TIMESTAMP])
     if ts_us > max_ts_us:
         raise ValueError("timestamp is too far in the future")
+    if ts_us < 0:
+        raise ValueError("timestamp is before 1970")
     if min_ts_us is not None and ts_us < min_ts_us:
         raise ValueError("timestamp is earlier than the message's ts attribute")
     local = tick.get(wire.FIELD_LOCAL_TIMESTAMP)
     local_us = wire.parse_time_us(local) if local not in (None, "") else ts_us
+    if not 0 <= local_us <= max_ts_us:
+        raise ValueError("localTimestamp is before 1970 or too far in the future")
     native = tick.get(wire.FIELD_NATIVE_SYMBOL) or symbol
     return exchange, symbol, str(native), str(trade_id), ts_us, local_us, price, amount, SIDE_CODES[side]
 
@@ -152,8 +156,9 @@ def parse_records(records: Sequence[Any], attributes: Mapping[str, str] | None =
         try:
             min_ts_us = int(attributes[wire.ATTR_EVENT_TIME]) * 1000
         except ValueError:
-            return [], [dead_letter("parse", f"bad ts attribute {attributes[wire.ATTR_EVENT_TIME]!r}",
-                                    records, attributes)]
+            reason = f"bad ts attribute {attributes[wire.ATTR_EVENT_TIME]!r}"
+            return [], [dead_letter("parse", reason, tick, attributes) for tick in records] or \
+                [dead_letter("parse", reason, records, attributes)]
     groups: dict[tuple[str, str, int], list[tuple]] = {}
     natives: dict[tuple[str, str], str] = {}
     dead: list[dict[str, Any]] = []
@@ -246,7 +251,8 @@ def parse_columns(columns: Any, max_future_us: int = 86_400_000_000, now_us: int
     side[side_text == "sell"] = -1
     valid &= (side != 0) | (side_text == "unknown") | (side_text == "")
     valid &= (price > 0) & np.isfinite(price) & (amount >= 0) & np.isfinite(amount)
-    valid &= ts <= now_us + max_future_us
+    valid &= (ts >= 0) & (ts <= now_us + max_future_us)
+    valid &= (local >= 0) & (local <= now_us + max_future_us)
     exchange = columns.column("exchange").to_numpy(zero_copy_only=False)
     native = columns.column("symbol").to_numpy(zero_copy_only=False)
     ids = np.asarray(columns.column("id").to_pylist(), dtype=object)
@@ -313,7 +319,7 @@ class ParseTicksFn(beam.DoFn):
         if data is not None:
             try:
                 decoded = json.loads(data)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 self.invalid.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG,
                                                dead_letter("parse", f"bad JSON: {exc}", data, attributes))
