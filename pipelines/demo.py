@@ -72,18 +72,18 @@ class Heartbeat(threading.Thread):
     def __init__(self, topic: str) -> None:
         super().__init__(daemon=True)
         self._topic = topic
-        self._stop = threading.Event()
+        self._stopped = threading.Event()
 
     def run(self) -> None:
         from google.cloud import pubsub_v1
 
         publisher = pubsub_v1.PublisherClient()
-        while not self._stop.wait(1.0):
+        while not self._stopped.wait(1.0):
             now_ms = time.time_ns() // 1_000_000
             publisher.publish(self._topic, b'{"ticks":[]}', ts=str(now_ms), mds_id=f"heartbeat:{now_ms}")
 
     def stop(self) -> None:
-        self._stop.set()
+        self._stopped.set()
 
 
 def _query(client: Any, sql: str) -> list[dict[str, Any]]:
