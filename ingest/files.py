@@ -56,7 +56,10 @@ def iter_tardis_columns(path: str, block_bytes: int = 1 << 22) -> Iterator[Any]:
     from pyarrow import csv as pacsv
 
     convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in TARDIS_HEADER})
-    with open_binary(path) as raw:
+    # Local files are decompressed by Arrow in C++; remote ones come through Beam's FileSystems.
+    opener = (lambda: pa.input_stream(path, compression="detect")) if "://" not in path else \
+        (lambda: open_binary(path))
+    with opener() as raw:
         reader = pacsv.open_csv(raw, read_options=pacsv.ReadOptions(block_size=block_bytes),
                                 convert_options=convert)
         if reader.schema.names != TARDIS_HEADER:

@@ -238,6 +238,11 @@ def parse_columns(columns: Any, max_future_us: int = 86_400_000_000, now_us: int
     for name, kind in (("timestamp", pa.int64()), ("local_timestamp", pa.int64()),
                        ("price", pa.float64()), ("amount", pa.float64())):
         text = columns.column(name)
+        try:  # the common case: every cell is a number
+            parsed[name] = pc.cast(text, kind).to_numpy(zero_copy_only=False)
+            continue
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
         ok = pc.match_substring_regex(text, r"^-?[0-9]+$" if kind == pa.int64() else
                                       r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
         ok = ok.fill_null(False).to_numpy(zero_copy_only=False)
