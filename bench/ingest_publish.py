@@ -32,7 +32,8 @@ def write_ticks(path: Path, count: int) -> None:
     rows = list(csv.reader(TRADES.open()))
     with path.open("w") as out:
         for n in range(count):
-            lap, (trade_id, price, qty, _quote, time_ms, buyer_is_maker, _best) = divmod(n, len(rows))[0], rows[n % len(rows)]
+            lap = n // len(rows)
+            _, price, qty, _, time_ms, buyer_is_maker, _ = rows[n % len(rows)]
             ts_us = int(time_ms) * 1000 + lap * DAY_US
             tick = make_tick("binance", "BTC-USDT", "BTCUSDT", str(n), float(price), float(qty),
                              "sell" if buyer_is_maker == "True" else "buy", ts_us, ts_us)
