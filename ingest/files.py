@@ -100,11 +100,16 @@ def _tardis_rows(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         if len(row) != len(TARDIS_HEADER):
             yield {"_raw": ",".join(row), "_error": f"expected {len(TARDIS_HEADER)} columns, got {len(row)}"}
             continue
-        exchange, native, ts, local_ts, trade_id, side, price, amount = row
-        tick = make_tick(exchange, to_user_symbol(native), native, trade_id, 0.0, 0.0, side, 0, 0)
-        tick.update(price=_number(price), amount=_number(amount), timestamp=_us(ts),
-                    localTimestamp=_us(local_ts))
-        yield tick
+        yield tardis_tick(row)
+
+
+def tardis_tick(row: list[str]) -> dict[str, Any]:
+    """One Tardis trades CSV row (cells as read) as a wire-format tick dict."""
+    exchange, native, ts, local_ts, trade_id, side, price, amount = row
+    tick = make_tick(exchange, to_user_symbol(native), native, trade_id, 0.0, 0.0, side, 0, 0)
+    tick.update(price=_number(price), amount=_number(amount), timestamp=_us(ts),
+                localTimestamp=_us(local_ts))
+    return tick
 
 
 def _binance_rows(lines: Iterator[str], native: str) -> Iterator[dict[str, Any]]:

@@ -199,26 +199,12 @@ def parse_records(records: Sequence[Any], attributes: Mapping[str, str] | None =
 
 
 def _row_dicts(columns: Any, rows: np.ndarray) -> list[dict[str, Any]]:
-    """Rows of a Tardis column chunk as wire-format dicts (strings as read), for the per-tick
+    """Rows of a Tardis column chunk as wire-format dicts (cells as read), for the per-tick
     validator."""
-    from ingest.files import TARDIS_HEADER
-    from ingest.symbols import to_user_symbol
+    from ingest.files import TARDIS_HEADER, tardis_tick
 
-    cells = {name: columns.column(name).take(rows).to_pylist() for name in TARDIS_HEADER}
-    return [{
-        wire.FIELD_EXCHANGE: cells["exchange"][i], wire.FIELD_SYMBOL: to_user_symbol(cells["symbol"][i] or ""),
-        wire.FIELD_NATIVE_SYMBOL: cells["symbol"][i], wire.FIELD_ID: cells["id"][i],
-        wire.FIELD_PRICE: _maybe_float(cells["price"][i]), wire.FIELD_AMOUNT: _maybe_float(cells["amount"][i]),
-        wire.FIELD_SIDE: cells["side"][i], wire.FIELD_TIMESTAMP: cells["timestamp"][i],
-        wire.FIELD_LOCAL_TIMESTAMP: cells["local_timestamp"][i],
-    } for i in range(len(rows))]
-
-
-def _maybe_float(text: Any) -> Any:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return text
+    cells = [columns.column(name).take(rows).to_pylist() for name in TARDIS_HEADER]
+    return [tardis_tick(list(row)) for row in zip(*cells)]
 
 
 def parse_columns(columns: Any, max_future_us: int = 86_400_000_000, now_us: int | None = None
@@ -432,10 +418,8 @@ class GuardTicksFn(beam.DoFn):
         return ()
 
     @on_timer(EXPIRE)
-    def expire(self, closed: Any = beam.DoFn.StateParam(CLOSED),
-               seen_ids: Any = beam.DoFn.StateParam(SEEN_IDS)) -> Iterable[Any]:
+    def expire(self, closed: Any = beam.DoFn.StateParam(CLOSED)) -> Iterable[Any]:
         closed.clear()
-        seen_ids.clear()
         return ()
 
 
