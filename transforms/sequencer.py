@@ -188,7 +188,8 @@ class SequenceCandlesFn(beam.DoFn):
             yield self._append(series, candle, early)
         for candle in later:
             pending.add(candle)
-        if series is None:
+        if series is None:  # nothing released, or the key went idle and nothing started anew
+            series_state.clear()
             return
         yield from self._fill_gaps(series, now_us, early, trailing=True)
         idle_at = series.last_trade_us + self._idle_us
