@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping, Optional
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from ingest.message import parse_time_us
+from ingest.message import iso_from_us, parse_time_us
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, FIELDS, TICKS_TABLE
 
 # The column each table's latency is measured from.
@@ -25,13 +25,6 @@ LATENCY_FROM = {CANDLES_TABLE: "window_end", TICKS_TABLE: "timestamp", DEAD_LETT
 TIMESTAMP_COLUMNS = {table: tuple(f["name"] for f in fields if f["type"] == "TIMESTAMP")
                      for table, fields in FIELDS.items()}
 COLUMNS = {table: tuple(f["name"] for f in fields) for table, fields in FIELDS.items()}
-
-
-def iso_utc(micros: int) -> str:
-    """µs since epoch → '2017-08-17T04:00:00.000000Z' (BigQuery and JSON readers accept it)."""
-    seconds, remainder = divmod(int(micros), 1_000_000)
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + \
-        f".{remainder:06d}Z"
 
 
 def finalize_row(row: Mapping[str, Any], table: str, now_us: Optional[int] = None) -> dict[str, Any]:
@@ -52,7 +45,7 @@ def finalize_row(row: Mapping[str, Any], table: str, now_us: Optional[int] = Non
             pass
     for name in TIMESTAMP_COLUMNS[table]:
         if isinstance(out.get(name), int) and not isinstance(out[name], bool):
-            out[name] = iso_utc(out[name])
+            out[name] = iso_from_us(out[name])
     return out
 
 
