@@ -44,37 +44,31 @@ class ReadTickFileFn(beam.DoFn):
         self._progress_total = progress_total
 
     def process(self, path: str) -> Iterator[Any]:
-        progress = None
-        if self._progress_total:
-            from tqdm import tqdm
+        from tqdm import tqdm
 
-            progress = tqdm(total=self._progress_total, unit="ticks", unit_scale=True,
-                            desc="replay", file=sys.stderr, leave=False)
+        with tqdm(total=self._progress_total, disable=not self._progress_total, unit="ticks",
+                  unit_scale=True, desc="replay", file=sys.stderr, leave=False) as progress:
+            for element, ticks in self._elements(path):
+                yield element
+                progress.update(ticks)
+
+    def _elements(self, path: str) -> Iterator[tuple[Any, int]]:
+        """(element, ticks it holds) pairs of the file."""
         if sniff_format(path) == FORMAT_TARDIS_CSV:  # the columnar fast path
             for columns in iter_tardis_columns(path):
-                yield columns
-                if progress is not None:
-                    progress.update(columns.num_rows)
-            if progress is not None:
-                progress.close()
+                yield columns, columns.num_rows
             return
         chunk: list[Any] = []
         for record in iter_records(path):
             if isinstance(record, str):
-                yield record
-                if progress is not None:
-                    progress.update(1)
+                yield record, 1
                 continue
             chunk.append(record)
             if len(chunk) >= self._chunk_size:
-                yield chunk
-                if progress is not None:
-                    progress.update(len(chunk))
+                yield chunk, len(chunk)
                 chunk = []
         if chunk:
-            yield chunk
-        if progress is not None:
-            progress.close()
+            yield chunk, len(chunk)
 
 
 class ReadTicks(beam.PTransform):
