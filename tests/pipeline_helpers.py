@@ -8,6 +8,8 @@ from typing import Any, Iterable, Sequence
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
 from ingest.message import encode_message, make_tick
 from pipelines.options import MarketDataOptions
@@ -26,6 +28,11 @@ def tick(trade_id: int | str, price: float, amount: float, ts_us: int, side: str
 def message(ticks: Sequence[dict[str, Any]], disconnects: Sequence[dict[str, Any]] = ()) -> PubsubMessage:
     data, attributes = encode_message(ticks, disconnects)
     return PubsubMessage(data, attributes)
+
+
+def stamped(msg: PubsubMessage) -> TimestampedValue:
+    """A message timestamped as ReadFromPubSub(timestamp_attribute="ts") would stamp it."""
+    return TimestampedValue(msg, Timestamp(micros=int(msg.attributes["ts"]) * 1000))
 
 
 def options(**overrides: Any) -> PipelineOptions:

@@ -11,13 +11,12 @@ import random
 import pandas as pd
 import pytest
 from apache_beam.testing.test_stream import TestStream
-from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from transforms.candles import parse_timeframes
-from tests.pipeline_helpers import T0_US, message, options, run_market_data, tick
+from tests.pipeline_helpers import T0_US, message, options, run_market_data, stamped, tick
 
 TIMEFRAMES = "15s,1m,5m,15m,4h,24h"
 SPAN_US = 6 * 3600 * 1_000_000  # ticks spread over 6 hours, across 4h boundaries
@@ -115,7 +114,7 @@ def test_streaming_candles_equal_pandas_groupby(raw, seed):
     ticks = make_ticks(raw)
     stream = TestStream().advance_watermark_to(Timestamp(micros=T0_US))
     for msg in messages_of(ticks, seed):
-        stream.add_elements([TimestampedValue(msg, Timestamp(micros=int(msg.attributes["ts"]) * 1000))])
+        stream.add_elements([stamped(msg)])
     stream.advance_watermark_to_infinity()
     rows = run_market_data(stream, options(timeframes=TIMEFRAMES, gap_candles=False,
                                            allowed_lateness_seconds=7 * 3600), streaming=True)

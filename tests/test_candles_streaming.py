@@ -10,7 +10,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
 
 from tests.pipeline_helpers import (SECOND_US, T0_US, by_timeframe, message, options,
-                                    run_market_data, tick)
+                                    run_market_data, stamped, tick)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,11 +24,7 @@ def at(seconds: float) -> int:
 
 
 def add(test_stream: TestStream, *ticks: dict, disconnects: tuple = ()) -> TestStream:
-    msg = message(list(ticks), disconnects)
-    stamp = int(msg.attributes["ts"]) * 1000
-    from apache_beam.transforms.window import TimestampedValue
-
-    return test_stream.add_elements([TimestampedValue(msg, Timestamp(micros=stamp))])
+    return test_stream.add_elements([stamped(message(list(ticks), disconnects))])
 
 
 def watermark(test_stream: TestStream, seconds: float) -> TestStream:

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from apache_beam.testing.test_stream import TestStream
-from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms.features import CANDLE_FIELDS, FEATURE_NAMES, compute_features
-from tests.pipeline_helpers import SECOND_US, T0_US, by_timeframe, message, options, run_market_data, tick
+from tests.pipeline_helpers import SECOND_US, T0_US, by_timeframe, message, options, run_market_data, stamped, tick
 
 REFERENCE = Path(__file__).parent / "data" / "talib_BTCUSDT_2017-08-17_1m.csv"
 TALIB_COLUMNS = ("sma_5", "sma_10", "sma_20", "ema_5", "ema_10", "ema_20", "wma_5", "rsi_5",
@@ -69,7 +68,7 @@ def test_streaming_features_equal_batch_path_with_out_of_order_and_late_candles(
 
     def send(part: list[dict]) -> None:
         msg = message(part)
-        stream.add_elements([TimestampedValue(msg, Timestamp(micros=int(msg.attributes["ts"]) * 1000))])
+        stream.add_elements([stamped(msg)])
 
     chunks = [on_time[i:i + 40] for i in range(0, len(on_time), 40)]
     for index, chunk in enumerate(chunks):
