@@ -272,23 +272,21 @@ def _read_state(state_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+# service -> (health URL path, what an unhealthy answer means)
+_HEALTH_CHECKS = {"pubsub": ("/", "not answering"), "bigquery": ("/readyz", "not ready")}
+
+
 def _health(state: dict[str, Any]) -> dict[str, str]:
     """service -> 'ok' or what is wrong, for every service recorded in ``state``."""
     checks = {}
-    if "pubsub" in state:
-        pubsub = state["pubsub"]
-        if not _pid_alive(pubsub["pid"]):
-            checks["pubsub"] = f"process {pubsub['pid']} is gone"
+    for service, (path, problem) in _HEALTH_CHECKS.items():
+        if service not in state:
+            continue
+        pid, port = state[service]["pid"], state[service]["port"]
+        if not _pid_alive(pid):
+            checks[service] = f"process {pid} is gone"
         else:
-            checks["pubsub"] = "ok" if http_ok(f"http://{LOOPBACK}:{pubsub['port']}/") else (
-                f"not answering on port {pubsub['port']}")
-    if "bigquery" in state:
-        bigquery = state["bigquery"]
-        if not _pid_alive(bigquery["pid"]):
-            checks["bigquery"] = f"process {bigquery['pid']} is gone"
-        else:
-            checks["bigquery"] = "ok" if http_ok(f"http://{LOOPBACK}:{bigquery['port']}/readyz") else (
-                f"not ready on port {bigquery['port']}")
+            checks[service] = "ok" if http_ok(f"http://{LOOPBACK}:{port}{path}") else f"{problem} on port {port}"
     return checks
 
 
