@@ -192,8 +192,8 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
 class BigQueryEmulator(_LocalServer):
     """bqemulator as a child process on loopback ports (REST and gRPC), data in a temp dir.
 
-    Reach it with ``transforms.bigquery.make_client(project, emulator.endpoint)``; Beam's sink
-    with ``pipelines.local_mode.enable_local_bigquery(emulator.endpoint, project)``.
+    Reach it with ``transforms.bigquery.make_client(project, emulator.endpoint)``; a pipeline's
+    writers with ``BIGQUERY_EMULATOR_HOST=<emulator.endpoint>`` in their environment.
     """
 
     _prefix = "bqemulator-"

@@ -96,7 +96,7 @@ class ReadTicks(beam.PTransform):
 class PipelineOutputs:
     """The row collections a pipeline produced, for sinks and tests."""
 
-    ticks: Optional[PCollection]
+    ticks: Optional[PCollection]  # lists of tick rows, one per TickBatch: ticks stay batched
     candles: Optional[PCollection]
     dead_letter: PCollection
 
@@ -118,7 +118,7 @@ class MarketData(beam.PTransform):
         dead_letter = (parsed.dead_letter, late_rows) | "AllDeadLetters" >> beam.Flatten()
         ticks = candles = None
         if opts.mode in ("ticks", "both"):
-            ticks = guarded.unique | "TickRows" >> beam.FlatMap(tick_rows)
+            ticks = guarded.unique | "TickRows" >> beam.Map(lambda batch: list(tick_rows(batch)))
         if opts.mode in ("candles", "both"):
             timeframes = parse_timeframes(opts.timeframes)
             labels = {label for label, _ in timeframes}
@@ -152,12 +152,13 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
     for table, rows in tables.items():
         if rows is None:
             continue
+        batched = table == TICKS_TABLE
         if opts.output_dir:
-            rows | f"Write{table}Jsonl" >> WriteJsonLines(opts.output_dir, table)
+            single_rows = rows | "UnbatchTickRows" >> beam.FlatMap(lambda batch: batch) if batched else rows
+            single_rows | f"Write{table}Jsonl" >> WriteJsonLines(opts.output_dir, table)
         if opts.output_dataset:
-            (rows
-             | f"Finalize{table}" >> beam.ParDo(FinalizeRowsFn(table))
-             | f"Write{table}BigQuery" >> WriteRowsToBigQuery(table, opts.output_dataset))
+            rows | f"Write{table}BigQuery" >> WriteRowsToBigQuery(table, opts.output_dataset,
+                                                                   batched=batched)
     if outputs.candles is not None and opts.output_topic:
         (outputs.candles
          | "CandleMessages" >> beam.ParDo(FinalizeRowsFn(CANDLES_TABLE))
@@ -172,16 +173,11 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
 def prepare_bigquery(dataset_ref: str) -> None:
     """Creates the dataset, tables and views if missing, before any row is written (SPEC §6).
 
-    With ``BIGQUERY_EMULATOR_HOST`` set (local runs only), every BigQuery client of this process,
-    Beam's sink included, is pointed at that local BigQuery API server first.
+    With ``BIGQUERY_EMULATOR_HOST`` set (local runs only), this client and the pipeline's writers
+    (``transforms.bigquery.InsertRowsFn``) use that local BigQuery API server, anonymously.
     """
     project, _ = split_dataset_ref(dataset_ref)
-    endpoint = os.environ.get("BIGQUERY_EMULATOR_HOST")
-    if endpoint:
-        from pipelines.local_mode import enable_local_bigquery
-
-        enable_local_bigquery(endpoint, project)
-    client = make_client(project, endpoint)
+    client = make_client(project, os.environ.get("BIGQUERY_EMULATOR_HOST"))
     ensure_tables(client, dataset_ref)
     ensure_views(client, dataset_ref)
 

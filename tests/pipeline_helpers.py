@@ -74,6 +74,8 @@ def run_market_data(source: Any, opts: PipelineOptions, streaming: bool) -> dict
         outputs = messages | MarketData(opts.view_as(MarketDataOptions), bounded=not streaming)
         for name in ("ticks", "candles", "dead_letter"):
             collection = getattr(outputs, name)
+            if name == "ticks" and collection is not None:
+                collection = collection | "UnbatchTicks" >> beam.FlatMap(lambda batch: batch)
             if collection is not None:
                 collection | f"Collect{name}" >> beam.ParDo(CollectFn(f"{run_id}:{name}"))
     with _Collected.lock:

@@ -18,7 +18,6 @@ from apache_beam.testing import test_stream
 from apache_beam.testing.util import assert_that, equal_to
 
 from ingest.message import iso_from_us, parse_time_us
-from pipelines.local_mode import enable_local_bigquery
 from pipelines.local_stack import BigQueryEmulator
 from transforms import bigquery as bq
 from transforms import schemas
@@ -46,19 +45,9 @@ def client(emulator: BigQueryEmulator) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def beam_to_emulator(emulator: BigQueryEmulator) -> Iterator[None]:
-    """enable_local_bigquery for this module only: the process-wide settings are restored."""
-    import google.auth
-    from apache_beam.internal.gcp import auth as beam_auth
-    from apache_beam.io.gcp.internal.clients import bigquery as apitools_bigquery
-
+    """The pipeline's writers find the local server through the environment, as in ``mds run``."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(google.auth, "default", google.auth.default)
-        patch.setattr(apitools_bigquery.BigqueryV2, "BASE_URL", apitools_bigquery.BigqueryV2.BASE_URL)
-        patch.setattr(beam_auth._Credentials, "_credentials_init", beam_auth._Credentials._credentials_init)
-        patch.setattr(beam_auth._Credentials, "_credentials", beam_auth._Credentials._credentials)
-        patch.setenv("BIGQUERY_EMULATOR_HOST", "unset")
-        patch.delenv("BIGQUERY_EMULATOR_HOST")
-        enable_local_bigquery(emulator.endpoint, PROJECT)
+        patch.setenv("BIGQUERY_EMULATOR_HOST", emulator.endpoint)
         yield
 
 
@@ -369,6 +358,26 @@ def test_streaming_pipeline_writes_candles_with_latency(client: Any, dataset: st
                          f"`{table_path(dataset, schemas.DEAD_LETTER_TABLE)}`")
     assert len(dead) == 1 and dead[0]["stage"] == "bigquery_insert"
     assert json.loads(dead[0]["payload"])["trades"] == "many"
+
+
+def test_row_batches_are_cut_into_requests_and_oversize_rows_dead_lettered(
+        client: Any, dataset: str, beam_to_emulator: None) -> None:
+    """One element of 1,234 tick rows (batched input) takes three requests and lands whole; a
+    row over the request size limit is a dead letter, not a failed request."""
+    rows = [tick(i, T0_US + i * 1_000) for i in range(1_234)]
+    huge = tick(9_999, T0_US, native_symbol="X" * (bq.MAX_REQUEST_BYTES + 1))
+    pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
+    dead = (pipeline | beam.Create([rows + [huge]])
+            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, batched=True))
+    assert_that(dead | beam.Map(lambda r: (r["stage"], "exceeds" in r["reason"])),
+                equal_to([("bigquery_insert", True)]))
+    result = pipeline.run()
+    result.wait_until_finish()
+    count = query(client, f"SELECT COUNT(*) AS n, COUNT(DISTINCT id) AS ids "
+                          f"FROM `{table_path(dataset, schemas.TICKS_TABLE)}`")
+    assert (count[0]["n"], count[0]["ids"]) == (1_234, 1_234)
+    assert counter(result, "ticks_rows_inserted") == 1_234
+    assert counter(result, "ticks_rows_rejected") == 1
 
 
 def test_batch_write_throughput(client: Any, dataset: str, beam_to_emulator: None) -> None:

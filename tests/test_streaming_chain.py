@@ -115,7 +115,7 @@ def test_pubsub_to_bigquery_exactly_once_with_dead_letters_and_replay_equal_cand
         return out
 
     ours, theirs = latest(candles), latest(expected)
-    assert ours.keys() == theirs.keys() and len(ours) >= 4
+    assert ours.keys() == theirs.keys() and len(ours) >= 4, stderr
     for key in theirs:
         for column in columns:
             want = theirs[key][column]

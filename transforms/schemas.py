@@ -86,6 +86,9 @@ CLUSTERING = {
     CANDLES_TABLE: ["symbol", "timeframe"],
     DEAD_LETTER_TABLE: ["stage"],
 }
+# Columns that identify a row, sent as its insertId so BigQuery's best-effort dedup drops a row
+# a retried request delivers twice. Other tables get a random id per row.
+INSERT_ID_COLUMNS: dict[str, tuple[str, ...]] = {TICKS_TABLE: ("exchange", "symbol", "id")}
 FIELDS = {TICKS_TABLE: TICK_FIELDS, CANDLES_TABLE: CANDLE_FIELDS, DEAD_LETTER_TABLE: DEAD_LETTER_FIELDS}
 
 CANDLE_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in CANDLE_FIELDS)
