@@ -154,3 +154,14 @@ def test_out_of_range_times_are_rejected_per_tick_not_per_message(change, reason
 def test_bad_ts_attribute_dead_letters_each_tick():
     _, dead = parse([tick(1, 1.0, 1.0, T0_US), tick(2, 1.0, 1.0, T0_US)], attributes={"ts": "abc"})
     assert [json.loads(d["payload"])["id"] for d in dead] == ["1", "2"]
+
+
+def test_trade_id_keys_are_exact_for_numeric_ids_and_never_mix_kinds() -> None:
+    from transforms.ticks import trade_id_keys
+
+    keys = trade_id_keys(["0", "42", "9223372036854775", "042", "+42", " 42", "٤٢",
+                          "3f2a-uuid", "3f2a-uuid", "99999999999999999999"])
+    assert keys[:3].tolist() == [0, 42, 9223372036854775]
+    # Non-canonical spellings of 42 are other ids, hashed (negative) rather than read as 42.
+    assert all(k < 0 for k in keys[3:]) and len(set(keys[3:7].tolist())) == 4
+    assert keys[7] == keys[8]  # stable: the same id gives the same key
