@@ -165,3 +165,22 @@ def test_trade_id_keys_are_exact_for_numeric_ids_and_never_mix_kinds() -> None:
     # Non-canonical spellings of 42 are other ids, hashed (negative) rather than read as 42.
     assert all(k < 0 for k in keys[3:]) and len(set(keys[3:7].tolist())) == 4
     assert keys[7] == keys[8]  # stable: the same id gives the same key
+
+
+def test_columnar_path_treats_null_cells_as_empty_ones():
+    """A RecordBatch built in code may hold nulls (the CSV reader never does): a null id, exchange
+    or symbol is a dead letter like an empty cell, a null side means unknown, nothing vanishes."""
+    import pyarrow as pa
+
+    from ingest.files import TARDIS_HEADER
+    from transforms.ticks import parse_columns
+
+    rows = [["binance", "BTCUSDT", str(T0_US + 1), str(T0_US + 2), "1", None, "100", "1"],
+            ["binance", "BTCUSDT", str(T0_US + 3), str(T0_US + 4), None, "buy", "100", "1"],
+            [None, "BTCUSDT", str(T0_US + 5), str(T0_US + 6), "3", "buy", "100", "1"],
+            ["binance", None, str(T0_US + 7), str(T0_US + 8), "4", "sell", "100", "1"]]
+    columns = pa.RecordBatch.from_pydict(
+        {name: pa.array([row[i] for row in rows], pa.string()) for i, name in enumerate(TARDIS_HEADER)})
+    batches, dead = parse_columns(columns, now_us=NOW_US)
+    assert [(b.ids, b.side.tolist()) for b in batches] == [(["1"], [0])]
+    assert len(dead) == 3 and all("missing field" in d["reason"] for d in dead)

@@ -200,11 +200,11 @@ def parse_records(records: Sequence[Any], attributes: Mapping[str, str] | None =
 
 
 def _row_dicts(columns: Any, rows: np.ndarray) -> list[dict[str, Any]]:
-    """Rows of a Tardis column chunk as wire-format dicts (cells as read), for the per-tick
-    validator."""
+    """Rows of a Tardis column chunk as wire-format dicts (cells as read, a null one as the empty
+    cell it stands for), for the per-tick validator."""
     from ingest.files import TARDIS_HEADER, tardis_tick
 
-    cells = [columns.column(name).take(rows).to_pylist() for name in TARDIS_HEADER]
+    cells = [columns.column(name).take(rows).fill_null("").to_pylist() for name in TARDIS_HEADER]
     return [tardis_tick(list(row)) for row in zip(*cells)]
 
 
@@ -222,8 +222,11 @@ def _market_keys(exchange: Any, native: Any, rows: np.ndarray
     row's index into them: dictionary codes, so no Python string is made per row."""
     exchange_codes, native_codes = exchange.dictionary_encode(), native.dictionary_encode()
     native_count = len(native_codes.dictionary)
-    pair = (exchange_codes.indices.to_numpy(zero_copy_only=False)[rows].astype(np.int64) * native_count
-            + native_codes.indices.to_numpy(zero_copy_only=False)[rows])
+
+    def codes(encoded: Any) -> np.ndarray:  # a null cell's code is never among ``rows``
+        return encoded.indices.fill_null(0).to_numpy()[rows].astype(np.int64)
+
+    pair = codes(exchange_codes) * native_count + codes(native_codes)
     pairs, pair_index = np.unique(pair, return_inverse=True)
     exchange_names, native_names = exchange_codes.dictionary.to_pylist(), native_codes.dictionary.to_pylist()
     names = [(exchange_names[p // native_count], native_names[p % native_count]) for p in pairs.tolist()]
