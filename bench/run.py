@@ -265,6 +265,16 @@ def _count(client: Any, table: str) -> int:
     return int(list(client.query(f"SELECT COUNT(*) AS n FROM `{PROJECT}.{DATASET}.{table}`").result())[0]["n"])
 
 
+def _delivered(client: Any, mode: str, timeframe: str) -> int:
+    """Ticks that reached BigQuery: rows of ``ticks``, or in candles mode the trades of the
+    latest revision of every candle of the shortest timeframe."""
+    if mode != "candles":
+        return _count(client, "ticks")
+    rows = list(client.query(f"SELECT SUM(trades) AS n FROM `{PROJECT}.{DATASET}.candles_latest` "
+                             f"WHERE timeframe = '{timeframe}'").result())
+    return int(rows[0]["n"] or 0)
+
+
 def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str) -> Row:
     from pipelines.demo import Heartbeat
     from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
@@ -272,6 +282,7 @@ def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str) -> Ro
     from transforms.bigquery import make_client
 
     ticks = min(int(args.stream_rate * args.stream_seconds), day.ticks)
+    shortest = parse_timeframes(args.timeframes)[0][0]
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
         env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, BIGQUERY_EMULATOR_HOST=bigquery.endpoint,
@@ -279,7 +290,8 @@ def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str) -> Ro
         log = open(os.path.join(work_dir, "streaming_pipeline.log"), "wb")
         pipeline = subprocess.Popen(
             MDS + ["run", "--runner=BundleBasedDirectRunner", f"--input_subscription={subscription}",
-                   f"--output_dataset={PROJECT}:{DATASET}", "--mode=both",
+                   f"--output_dataset={PROJECT}:{DATASET}", f"--mode={args.stream_mode}",
+                   f"--timeframes={args.timeframes}", f"--feature_timeframes={args.feature_timeframes}",
                    f"--allowed_lateness_seconds={args.allowed_lateness_seconds}",
                    "--early_firing_seconds=10", "--idle_timeout_seconds=120"],
             cwd=REPO, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
@@ -298,20 +310,17 @@ def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str) -> Ro
             time.sleep(8)  # the DirectRunner pulls a few seconds after it built the graph
             source = os.path.join(work_dir, "stream_slice.csv")
             published = restamped_slice(day, ticks, args.stream_seconds, time.time_ns() // 1000 + 2_000_000, source)
-            started = time.monotonic()
             ingest = subprocess.Popen(MDS + ["ingest", "--source", source, "--speed", "1", "--topic", topic,
-                                             "--batch-size", str(args.batch_size), "--batch-latency-ms",
-                                             str(args.stream_batch_latency_ms), "--quiet"], cwd=REPO, env=env, start_new_session=True,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            samples: list[tuple[float, int]] = []
-            drain_deadline = None
-            while True:
+                                             "--batch-size", str(args.stream_batch_size), "--batch-latency-ms",
+                                             str(args.stream_batch_latency_ms), "--quiet"],
+                                      cwd=REPO, env=env, start_new_session=True, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            ingest_output = ingest.communicate(timeout=args.stream_seconds * 4 + 120)[0]
+            drain_deadline = time.monotonic() + args.stream_drain_seconds
+            delivered = 0
+            while time.monotonic() < drain_deadline and delivered < published:
                 time.sleep(BIGQUERY_POLL_SECONDS)
-                samples.append((time.monotonic() - started, _count(client, "ticks")))
-                if drain_deadline is None and ingest.poll() is not None:
-                    drain_deadline = time.monotonic() + args.stream_drain_seconds
-                if drain_deadline is not None and time.monotonic() > drain_deadline:
-                    break
+                delivered = _delivered(client, args.stream_mode, shortest)
             dead = {row["stage"]: int(row["n"]) for row in client.query(
                 f"SELECT stage, COUNT(*) AS n FROM `{PROJECT}.{DATASET}.dead_letter` GROUP BY stage").result()}
             latency = np.array([r["latency_ms"] for r in client.query(
@@ -324,13 +333,18 @@ def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str) -> Ro
                     _terminate_group(process)
             peak = monitor.stop()
             log.close()
-    stored = samples[-1][1]
-    reached = next(t for t, n in samples if n == stored) if stored else float("nan")
+    match = _PY_SUMMARY.search(ingest_output)
+    if not match:
+        raise RuntimeError(f"streaming ingest: no summary line in its output:\n{ingest_output[-2000:]}")
+    publish_seconds = float(match.group(2))
     p50, p95, p99 = np.percentile(latency, [50, 95, 99]) if latency.size else (np.nan,) * 3
-    note = (f"offered {published / args.stream_seconds:,.0f}/s for {args.stream_seconds:g}s; "
-            f"batches ≤{args.batch_size} ticks/≤{args.stream_batch_latency_ms} ms; {stored:,}/{published:,} ticks in BQ, dead letters {dead or 0}; candle latency_ms "
+    kept_up = delivered == published and publish_seconds <= args.stream_seconds * 1.1
+    note = (f"mode {args.stream_mode}; offered {published / args.stream_seconds:,.0f}/s for "
+            f"{args.stream_seconds:g}s, published in {publish_seconds:.1f}s "
+            f"({args.stream_batch_size} ticks/message max); {delivered:,}/{published:,} ticks in BigQuery "
+            f"{'(kept up)' if kept_up else '(FELL BEHIND)'}, dead letters {dead or 0}; final candle latency_ms "
             f"p50={p50:,.0f} p95={p95:,.0f} p99={p99:,.0f} (n={latency.size:,})")
-    return Row("streaming: Pub/Sub → mds run → BigQuery", stored, reached, peak, note)
+    return Row("streaming: Pub/Sub → mds run → BigQuery", delivered, publish_seconds, peak, note)
 
 
 def _tables_ready(client: Any) -> bool:
@@ -403,6 +417,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="after publishing, how long to wait for the last 1m windows and rows")
     parser.add_argument("--stream-batch-latency-ms", type=int, default=200,
                         help="the streaming publisher's max batch age (fewer, bigger messages when higher)")
+    parser.add_argument("--stream-batch-size", type=int, default=1000,
+                        help="the streaming publisher's max ticks per message (the DirectRunner pulls 10 "
+                             "messages at a time into a 4 MB gRPC response: keep messages under ~400 KB)")
+    parser.add_argument("--stream-mode", choices=("candles", "ticks", "both"), default="candles",
+                        help="what the streaming job writes (candles: the default job)")
     parser.add_argument("--allowed-lateness-seconds", type=int, default=30)
     parser.add_argument("--ingest-seconds", type=float, default=30.0,
                         help="each ingest worker publishes the day for at most this long")
