@@ -113,7 +113,7 @@ class MarketData(beam.PTransform):
         opts = self._options
         parsed = messages | "ParseTicks" >> ParseTicks(opts.max_future_seconds)
         guarded = parsed.ticks | "DedupTicks" >> DedupTicks(opts.allowed_lateness_seconds,
-                                                            LATE_TICK_MEMORY_SECONDS)
+                                                            LATE_TICK_MEMORY_SECONDS, self._bounded)
         late_rows = guarded.late | "LateToDeadLetter" >> beam.ParDo(LateTicksToDeadLetterFn())
         dead_letter = (parsed.dead_letter, late_rows) | "AllDeadLetters" >> beam.Flatten()
         ticks = candles = None

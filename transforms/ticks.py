@@ -397,7 +397,36 @@ def trade_id_keys(ids: Sequence[str]) -> np.ndarray:
     return keys
 
 
-class GuardTicksFn(beam.DoFn):
+# int64 keys (``trade_id_keys``) of the ticks let through, one array per batch: a read
+# decodes arrays, not one Python string per tick (it was quadratic in a busy bucket).
+SEEN_IDS = BagStateSpec("seen_ids", PickleCoder())
+
+
+class _DropDuplicatesFn(beam.DoFn):
+    """The dedup both guards share: a tick whose id its (exchange, symbol, bucket) key already
+    let through, or that repeats an earlier tick of its batch, is counted and dropped."""
+
+    def __init__(self) -> None:
+        self.duplicates = Metrics.counter("ticks", "duplicate_ticks")
+        self.unique = Metrics.counter("ticks", "unique_ticks")
+
+    def _unique_ticks(self, batch: TickBatch, seen_ids: Any) -> TickBatch:
+        keys = trade_id_keys(batch.ids)
+        keep = np.zeros(len(keys), dtype=bool)
+        keep[np.unique(keys, return_index=True)[1]] = True  # the first of repeats in the batch
+        seen = list(seen_ids.read())
+        if seen:
+            keep &= ~np.isin(keys, np.concatenate(seen))
+        if not keep.all():
+            self.duplicates.inc(int((~keep).sum()))
+            batch = batch.take(keep)
+        if len(batch):
+            seen_ids.add(keys[keep])
+        self.unique.inc(len(batch))
+        return batch
+
+
+class GuardTicksFn(_DropDuplicatesFn):
     """Drops duplicate ticks (same id in the same bucket) and routes too-late ticks aside.
 
     Keyed by (exchange, symbol, bucket) in the global window, so state holds one bucket's ids:
@@ -409,19 +438,15 @@ class GuardTicksFn(beam.DoFn):
     default) is no longer recognised here and falls to the windows' own late-data drop.
     """
 
-    # int64 keys (``trade_id_keys``) of the ticks let through, one array per batch: a read
-    # decodes arrays, not one Python string per tick (it was quadratic in a busy bucket).
-    SEEN_IDS = BagStateSpec("seen_ids", PickleCoder())
     CLOSED = ReadModifyWriteStateSpec("closed", BooleanCoder())  # lateness horizon has passed
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)  # bucket end + allowed lateness
     EXPIRE = TimerSpec("expire", TimeDomain.WATERMARK)  # CLOSE + retention: forget the bucket
 
     def __init__(self, allowed_lateness_seconds: int, retention_seconds: int) -> None:
+        super().__init__()
         self._lateness_us = allowed_lateness_seconds * 1_000_000
         self._retention_us = retention_seconds * 1_000_000
-        self.duplicates = Metrics.counter("ticks", "duplicate_ticks")
         self.too_late = Metrics.counter("ticks", "too_late_ticks")
-        self.unique = Metrics.counter("ticks", "unique_ticks")
 
     def process(self, element: tuple[tuple[str, str, int], TickBatch],
                 seen_ids: Any = beam.DoFn.StateParam(SEEN_IDS),
@@ -432,20 +457,9 @@ class GuardTicksFn(beam.DoFn):
             self.too_late.inc(len(batch))
             yield beam.pvalue.TaggedOutput(LATE_TAG, batch)
             return
-        keys = trade_id_keys(batch.ids)
-        keep = np.zeros(len(keys), dtype=bool)
-        keep[np.unique(keys, return_index=True)[1]] = True  # the first of repeats in the batch
-        seen = list(seen_ids.read())
-        if seen:
-            keep &= ~np.isin(keys, np.concatenate(seen))
-        if not keep.all():
-            self.duplicates.inc(int((~keep).sum()))
-            batch = batch.take(keep)
+        batch = self._unique_ticks(batch, seen_ids)
         if len(batch) or batch.disconnect:
-            if len(batch):
-                seen_ids.add(keys[keep])
             close_timer.set(Timestamp(micros=(batch.bucket + 1) * BUCKET_US + self._lateness_us))
-            self.unique.inc(len(batch))
             yield TimestampedValue(batch, Timestamp(micros=batch.event_time_us))
 
     @on_timer(CLOSE)
@@ -464,6 +478,18 @@ class GuardTicksFn(beam.DoFn):
         return ()
 
 
+class DropDuplicatesBoundedFn(_DropDuplicatesFn):
+    """GuardTicksFn for a bounded input (file replay): the watermark stays before every tick until
+    the whole input is read, so no tick can be late and the closed flag, its read per batch and
+    its two timers per bucket (a third of a replay's CPU time) would never change an output."""
+
+    def process(self, element: tuple[tuple[str, str, int], TickBatch],
+                seen_ids: Any = beam.DoFn.StateParam(SEEN_IDS)) -> Iterator[Any]:
+        batch = self._unique_ticks(element[1], seen_ids)
+        if len(batch) or batch.disconnect:
+            yield TimestampedValue(batch, Timestamp(micros=batch.event_time_us))
+
+
 class LateTicksToDeadLetterFn(beam.DoFn):
     """One dead_letter row per too-late tick, with the tick's JSON as payload."""
 
@@ -475,16 +501,20 @@ class LateTicksToDeadLetterFn(beam.DoFn):
 
 
 class DedupTicks(beam.PTransform):
-    """((exchange, symbol, bucket), TickBatch) → unique TickBatches; ``late`` output for too-late ticks."""
+    """((exchange, symbol, bucket), TickBatch) → unique TickBatches; ``late`` output for too-late
+    ticks (always empty for a ``bounded`` input)."""
 
-    def __init__(self, allowed_lateness_seconds: int, retention_seconds: int) -> None:
+    def __init__(self, allowed_lateness_seconds: int, retention_seconds: int,
+                 bounded: bool = False) -> None:
         super().__init__()
         self._lateness = allowed_lateness_seconds
         self._retention = retention_seconds
+        self._bounded = bounded
 
     def expand(self, keyed: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return keyed | "GuardTicks" >> beam.ParDo(
-            GuardTicksFn(self._lateness, self._retention)).with_outputs(LATE_TAG, main="unique")
+        guard = (DropDuplicatesBoundedFn() if self._bounded
+                 else GuardTicksFn(self._lateness, self._retention))
+        return keyed | "GuardTicks" >> beam.ParDo(guard).with_outputs(LATE_TAG, main="unique")
 
 
 def tick_rows(batch: TickBatch) -> Iterator[dict[str, Any]]:
