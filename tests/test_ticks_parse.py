@@ -184,3 +184,32 @@ def test_columnar_path_treats_null_cells_as_empty_ones():
     batches, dead = parse_columns(columns, now_us=NOW_US)
     assert [(b.ids, b.side.tolist()) for b in batches] == [(["1"], [0])]
     assert len(dead) == 3 and all("missing field" in d["reason"] for d in dead)
+
+
+def test_columnar_trade_id_keys_equal_the_per_id_ones() -> None:
+    """parse_columns computes dedup keys for a whole chunk in Arrow; they must be the keys the
+    per-id function gives, on the edges of what counts as a numeric id."""
+    import pyarrow as pa
+
+    from transforms.ticks import trade_id_keys, trade_id_keys_column
+
+    ids = ["0", "42", "9223372036854775", "999999999999999999", "1000000000000000000", "042",
+           "+42", " 42", "٤٢", "-1", "1e5", "12a", "3f2a-uuid", "3f2a-uuid", "99999999999999999999"]
+    assert trade_id_keys_column(pa.array(ids)).tolist() == trade_id_keys(ids).tolist()
+
+
+def test_columnar_batches_carry_their_dedup_keys_through_take() -> None:
+    import pyarrow as pa
+
+    from ingest.files import TARDIS_HEADER
+    from transforms.ticks import parse_columns, trade_id_keys
+
+    rows = [["binance", "BTCUSDT", str(T0_US + i), str(T0_US + i), trade_id, "buy", "100", "1"]
+            for i, trade_id in enumerate(["7", "x-1", "9"])]
+    columns = pa.RecordBatch.from_pydict(
+        {name: pa.array([row[i] for row in rows], pa.string()) for i, name in enumerate(TARDIS_HEADER)})
+    [batch], _ = parse_columns(columns, now_us=NOW_US)
+    assert batch.trade_keys().tolist() == trade_id_keys(["7", "x-1", "9"]).tolist()
+    kept = batch.take(batch.side == 1)
+    assert kept.trade_keys().tolist() == trade_id_keys(kept.ids).tolist()
+    assert batch.take([False, True, False]).trade_keys().tolist() == trade_id_keys(["x-1"]).tolist()

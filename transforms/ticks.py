@@ -51,9 +51,14 @@ class TickBatch:
     bucket: int  # ts // BUCKET_US, shared by every tick of the batch
     publish_time_us: int = 0
     disconnect: bool = False  # the feed dropped/reconnected inside this bucket
+    id_keys: np.ndarray | None = None  # trade_id_keys(ids), when a columnar parser had them at hand
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def trade_keys(self) -> np.ndarray:
+        """``trade_id_keys(ids)``, the dedup keys; computed here unless the parser gave them."""
+        return trade_id_keys(self.ids) if self.id_keys is None else self.id_keys
 
     @property
     def event_time_us(self) -> int:
@@ -65,7 +70,8 @@ class TickBatch:
         return TickBatch(self.exchange, self.symbol, self.native_symbol,
                          [self.ids[i] for i in index], self.ts_us[index], self.local_ts_us[index],
                          self.price[index], self.amount[index], self.side[index], self.bucket,
-                         self.publish_time_us, self.disconnect)
+                         self.publish_time_us, self.disconnect,
+                         None if self.id_keys is None else self.id_keys[index])
 
     def tick_dicts(self) -> Iterator[dict[str, Any]]:
         """The ticks back in wire format (for dead-letter payloads)."""
@@ -290,14 +296,15 @@ def parse_columns(columns: Any, max_future_us: int = 86_400_000_000, now_us: int
     rows, key_index, bucket = rows[order], key_index[order], bucket[order]
     starts = np.flatnonzero(np.r_[True, (np.diff(key_index) != 0) | (np.diff(bucket) != 0)])
     ends = np.r_[starts[1:], rows.size]
-    ids = columns.column("id").take(rows).to_pylist()
+    id_column = columns.column("id").take(rows)
+    ids, id_keys = id_column.to_pylist(), trade_id_keys_column(id_column)
     batches = []
     for start, end in zip(starts.tolist(), ends.tolist()):
         take = rows[start:end]
         exchange_name, user_symbol, native_symbol = symbols[key_index[start]]
         batches.append(TickBatch(exchange_name, user_symbol, native_symbol, ids[start:end],
                                  ts[take], local[take], price[take], amount[take], side[take],
-                                 int(bucket[start])))
+                                 int(bucket[start]), id_keys=id_keys[start:end]))
     return batches, dead
 
 
@@ -397,6 +404,24 @@ def trade_id_keys(ids: Sequence[str]) -> np.ndarray:
     return keys
 
 
+_CANONICAL_ID = r"^(0|[1-9][0-9]{0,17})$"  # the ids trade_id_keys reads as numbers
+
+
+def trade_id_keys_column(ids: Any) -> np.ndarray:
+    """``trade_id_keys`` of a pyarrow string array: numeric ids are matched and parsed in C++,
+    not one Python int per tick; only other ids are hashed one by one."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    numeric = pc.match_substring_regex(ids, _CANONICAL_ID).fill_null(False).to_numpy(zero_copy_only=False)
+    keys = np.empty(len(ids), dtype=np.int64)
+    keys[numeric] = pc.cast(ids.filter(numeric), pa.int64()).to_numpy()
+    others = np.flatnonzero(~numeric)
+    if others.size:
+        keys[others] = trade_id_keys(ids.take(others).to_pylist())
+    return keys
+
+
 # int64 keys (``trade_id_keys``) of the ticks let through, one array per batch: a read
 # decodes arrays, not one Python string per tick (it was quadratic in a busy bucket).
 SEEN_IDS = BagStateSpec("seen_ids", PickleCoder())
@@ -411,7 +436,7 @@ class _DropDuplicatesFn(beam.DoFn):
         self.unique = Metrics.counter("ticks", "unique_ticks")
 
     def _unique_ticks(self, batch: TickBatch, seen_ids: Any) -> TickBatch:
-        keys = trade_id_keys(batch.ids)
+        keys = batch.trade_keys()
         keep = np.zeros(len(keys), dtype=bool)
         keep[np.unique(keys, return_index=True)[1]] = True  # the first of repeats in the batch
         seen = list(seen_ids.read())
