@@ -94,8 +94,3 @@ FIELDS = {TICKS_TABLE: TICK_FIELDS, CANDLES_TABLE: CANDLE_FIELDS, DEAD_LETTER_TA
 CANDLE_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in CANDLE_FIELDS)
 TICK_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in TICK_FIELDS)
 DEAD_LETTER_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in DEAD_LETTER_FIELDS)
-
-
-def table_schema(table: str) -> dict[str, Any]:
-    """The schema dict accepted by Beam's WriteToBigQuery and by the BigQuery REST API."""
-    return {"fields": FIELDS[table]}
