@@ -4,7 +4,7 @@
    (file load timed apart): what the hardware does without a framework.
 2. ``mds replay``: the Beam pipeline (DirectRunner, batch) over the file, candles + features.
 3. streaming: Pub/Sub emulator → ``mds run`` (DirectRunner) → local BigQuery API server, fed by
-   ``mds ingest`` with a slice of the day re-stamped to now at ``--stream-rate`` (the DirectRunner's
+   ``mds ingest`` with a slice of the day re-stamped to now at each of ``--stream-rates`` (the DirectRunner's
    Pub/Sub watermark is the wall clock, see pipelines/demo.py); sustained ticks/s into BigQuery
    and candle ``latency_ms`` percentiles from the candles table.
 4. ingest workers (Python ``mds ingest``, Node.js ``mds-ingest.js``) publishing the file into the
@@ -13,7 +13,7 @@
 Subprocesses are measured from outside: wall time, and peak RSS of the whole process tree
 polled from /proc. Not a test: it prints figures.
 
-    .venv/bin/python -m bench.run [--ticks 5000000] [--skip-streaming] [--stream-seconds 60]
+    .venv/bin/python -m bench.run [--ticks 5000000] [--skip-streaming] [--stream-rates 20000,50000]
 """
 from __future__ import annotations
 
@@ -275,13 +275,13 @@ def _delivered(client: Any, mode: str, timeframe: str) -> int:
     return int(rows[0]["n"] or 0)
 
 
-def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str) -> Row:
+def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str, rate: float) -> Row:
     from pipelines.demo import Heartbeat
     from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
                                        ensure_topic_and_subscription, pubsub_env)
     from transforms.bigquery import make_client
 
-    ticks = min(int(args.stream_rate * args.stream_seconds), day.ticks)
+    ticks = min(int(rate * args.stream_seconds), day.ticks)
     shortest = parse_timeframes(args.timeframes)[0][0]
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
@@ -344,7 +344,7 @@ def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str) -> Ro
             f"({args.stream_batch_size} ticks/message max); {delivered:,}/{published:,} ticks in BigQuery "
             f"{'(kept up)' if kept_up else '(FELL BEHIND)'}, dead letters {dead or 0}; final candle latency_ms "
             f"p50={p50:,.0f} p95={p95:,.0f} p99={p99:,.0f} (n={latency.size:,})")
-    return Row("streaming: Pub/Sub → mds run → BigQuery", delivered, publish_seconds, peak, note)
+    return Row(f"streaming {rate / 1000:g}k/s offered: Pub/Sub→run→BQ", delivered, publish_seconds, peak, note)
 
 
 def _tables_ready(client: Any) -> bool:
@@ -412,12 +412,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-streaming", action="store_true")
     parser.add_argument("--skip-ingest", action="store_true")
     parser.add_argument("--stream-seconds", type=float, default=60.0, help="how long the stream publishes")
-    parser.add_argument("--stream-rate", type=float, default=500.0, help="offered ticks/s in the stream")
+    parser.add_argument("--stream-rates", type=lambda text: [float(r) for r in text.split(",")],
+                        default=[20_000.0, 50_000.0],
+                        help="offered ticks/s, comma-separated: one streaming run (and row) each")
     parser.add_argument("--stream-drain-seconds", type=float, default=75.0,
                         help="after publishing, how long to wait for the last 1m windows and rows")
     parser.add_argument("--stream-batch-latency-ms", type=int, default=200,
                         help="the streaming publisher's max batch age (fewer, bigger messages when higher)")
-    parser.add_argument("--stream-batch-size", type=int, default=1000,
+    parser.add_argument("--stream-batch-size", type=int, default=2000,
                         help="the streaming publisher's max ticks per message (the DirectRunner pulls 10 "
                              "messages at a time into a 4 MB gRPC response: keep messages under ~400 KB)")
     parser.add_argument("--stream-mode", choices=("candles", "ticks", "both"), default="candles",
@@ -427,8 +429,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="each ingest worker publishes the day for at most this long")
     parser.add_argument("--batch-size", type=int, default=500, help="ticks per Pub/Sub message (ingest)")
     args = parser.parse_args(argv)
-    if args.ticks <= 0 or args.stream_seconds <= 0 or args.stream_rate <= 0 or args.ingest_seconds <= 0:
-        parser.error("--ticks, --stream-seconds, --stream-rate and --ingest-seconds must be > 0")
+    if args.ticks <= 0 or args.stream_seconds <= 0 or min(args.stream_rates) <= 0 or args.ingest_seconds <= 0:
+        parser.error("--ticks, --stream-seconds, --stream-rates and --ingest-seconds must be > 0")
     return args
 
 
@@ -459,8 +461,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                                args.feature_timeframes, candle_counts, day.ticks))
         print(f"replay: {rows[-1].seconds:.1f}s", flush=True)
     if not args.skip_streaming:
-        rows.append(streaming_row(day, args, args.work_dir))
-        print(f"streaming: {rows[-1].note}", flush=True)
+        for rate in args.stream_rates:
+            rows.append(streaming_row(day, args, args.work_dir, rate))
+            print(f"streaming: {rows[-1].note}", flush=True)
     if not args.skip_ingest:
         rows.extend(ingest_rows(path, args))
     print_table(rows, rows[0].ticks_per_second, command,
