@@ -12,7 +12,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -49,15 +49,17 @@ def _count_lines(path: str) -> int:
         return sum(1 for _ in handle)
 
 
-def _sort_output(path: str, key: Any) -> list[dict[str, Any]]:
-    """Rows come out in bundle order; a file sorted by time is what a reader expects."""
+def _sort_output(path: str, key: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
+    """Rows come out in bundle order; a file sorted by time is what a reader expects. Lines are
+    parsed for their sort key only and written back as they were, not encoded a second time."""
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as handle:
-        rows = [json.loads(line) for line in handle if line.strip()]
-    rows.sort(key=key)
+        lines = [line if line.endswith("\n") else line + "\n" for line in handle if line.strip()]
+    rows = [json.loads(line) for line in lines]
+    order = sorted(range(len(rows)), key=lambda i: key(rows[i]))
     with open(path, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(row, separators=(",", ":")) + "\n" for row in rows)
+        handle.writelines(lines[i] for i in order)
     return rows
 
 

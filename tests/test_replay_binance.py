@@ -83,3 +83,19 @@ def test_series_are_contiguous_with_features_and_latency(replayed):
 
 def test_bundled_sample_stays_small():
     assert Path(SAMPLE).exists() and Path(SAMPLE).stat().st_size < 5_000_000
+
+
+def test_output_files_are_sorted_with_their_lines_unchanged(replayed):
+    """replay sorts each file by its key, writing back the lines the sinks wrote (no re-encoding)."""
+    from pipelines.replay import _sort_output
+
+    _, candles, out = replayed
+    keys = [(c["symbol"], c["timeframe"], c["timestamp_in"], c["revision"]) for c in candles]
+    assert keys == sorted(keys)
+    shuffled = out / "shuffled.jsonl"
+    lines = (out / "candles.jsonl").read_text().splitlines(keepends=True)
+    shuffled.write_text("".join(lines[1::2] + lines[::2]).rstrip("\n"))  # no final newline
+    rows = _sort_output(str(shuffled), lambda r: (r["symbol"], r["timeframe"], r["timestamp_in"],
+                                                    r["revision"]))
+    assert shuffled.read_text() == "".join(lines) and len(rows) == len(lines)
+
