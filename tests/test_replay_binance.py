@@ -99,3 +99,16 @@ def test_output_files_are_sorted_with_their_lines_unchanged(replayed):
                                                     r["revision"]))
     assert shuffled.read_text() == "".join(lines) and len(rows) == len(lines)
 
+
+@pytest.mark.timeout(60)
+def test_progress_total_counts_lines_of_plain_and_gzipped_files(tmp_path):
+    import gzip
+
+    from pipelines.replay import _count_lines
+
+    (tmp_path / "a.csv").write_text("header\n1\n2")  # a last line without newline counts
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as handle:
+        handle.write("{}\n" * 5)
+    (tmp_path / "empty.csv").write_text("")
+    assert [_count_lines(str(tmp_path / n)) for n in ("a.csv", "b.jsonl.gz", "empty.csv")] == [3, 5, 0]
+    assert _count_lines(SAMPLE) == 1 + 3427  # header + ticks
