@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import AsyncIterator, Callable
 
 from ingest.exchanges import EXCHANGES, ExchangeSpec, exchange_spec
-from ingest.publisher import TickPublisher
+from ingest.publisher import DEFAULT_PUBLISH_TIMEOUT_S, TickPublisher
 from ingest.sources import (Backoff, SourceItem, SourceStats, file_ticks, live_trades,
                             live_with_fallback, paced, tardis_replay)
 
@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--batch-size", type=int, default=500, help="max ticks per Pub/Sub message")
     parser.add_argument("--batch-latency-ms", type=int, default=200, help="max age of a partly filled batch")
+    parser.add_argument("--publish-timeout", type=float, default=DEFAULT_PUBLISH_TIMEOUT_S, metavar="SECONDS",
+                        help="how long a message Pub/Sub fails (unreachable, topic being recreated) is sent "
+                             "again before the worker gives up, stops and exits 1 with the count of ticks "
+                             "not published")
     parser.add_argument("--endpoint", default="https://api.tardis.dev", help="Tardis.dev API endpoint")
     parser.add_argument("--cache-dir", help="Tardis.dev local cache directory")
     parser.add_argument("--ws-url", help="override the exchange's live WebSocket URL")
@@ -72,6 +76,8 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         parser.error(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}")
     if args.batch_latency_ms < 0 or args.speed < 0 or (args.duration is not None and args.duration <= 0):
         parser.error("--batch-latency-ms and --speed must be >= 0, --duration > 0")
+    if args.publish_timeout <= 0:
+        parser.error("--publish-timeout must be > 0")
 
 
 def _replay_window(args: argparse.Namespace) -> tuple[str, str]:
@@ -101,14 +107,15 @@ def build_source(args: argparse.Namespace, spec: ExchangeSpec | None, symbols: l
 
 async def pump(source: AsyncIterator[SourceItem], publisher: TickPublisher, stop: asyncio.Event,
                duration: float | None) -> None:
-    """Feed the publisher until the source ends, the duration elapses, or a stop is requested."""
+    """Feed the publisher until the source ends, the duration elapses, a stop is requested, or
+    the publisher gave up on Pub/Sub (reading on would only pile up ticks it cannot send)."""
 
     async def drain() -> None:
         async for item in source:
             publisher.add(item)
 
     async def flush_timer() -> None:
-        while True:
+        while not publisher.gave_up:
             await asyncio.sleep(max(publisher.batch_latency_s / 4, 0.01))
             publisher.flush_due()
 
@@ -116,7 +123,8 @@ async def pump(source: AsyncIterator[SourceItem], publisher: TickPublisher, stop
     flusher = asyncio.create_task(flush_timer(), name="flush-batches")
     stopping = asyncio.create_task(stop.wait(), name="wait-for-stop")
     try:
-        await asyncio.wait({draining, stopping}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({draining, stopping, flusher}, timeout=duration,
+                           return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (draining, flusher, stopping):
             task.cancel()
@@ -148,7 +156,7 @@ async def run(args: argparse.Namespace) -> int:
         ensure_topic_and_subscription(project, topic)
     source_stats = SourceStats()
     publisher = TickPublisher(path, batch_size=args.batch_size, batch_latency_ms=args.batch_latency_ms,
-                              quiet=args.quiet)
+                              quiet=args.quiet, publish_timeout_s=args.publish_timeout)
     stop = asyncio.Event()
     remove_handlers = _install_stop_handlers(asyncio.get_running_loop(), stop)
     failure: Exception | None = None
@@ -163,10 +171,14 @@ async def run(args: argparse.Namespace) -> int:
     print(f"   source: {source_stats.messages:,} messages, {source_stats.malformed} malformed skipped, "
           f"{source_stats.duplicates} duplicates skipped, {source_stats.disconnects} disconnects, "
           f"{source_stats.reconnects} reconnects", flush=True)
+    if stats.failed_messages:
+        print(f"❌ {stats.failed_ticks:,} ticks in {stats.failed_messages:,} messages were not published "
+              f"(refused by Pub/Sub, or unconfirmed after --publish-timeout {args.publish_timeout:.0f}s); "
+              f"publish them again, e.g. rerun from a point before them (duplicates are dropped)",
+              file=sys.stderr, flush=True)
     if failure is not None:
         print(f"❌ source failed: {failure}", file=sys.stderr, flush=True)
-        return 1
-    return 1 if stats.failed_messages else 0
+    return 1 if failure is not None or stats.failed_messages else 0
 
 
 def main(argv: list[str]) -> int:

@@ -6,6 +6,15 @@ Two levels of batching, for two different costs:
 - messages per PUBLISH REQUEST (the client's BatchSettings): Pub/Sub bills at least 1000 bytes
   per request.
 
+Delivery. The client library retries transient errors itself (``PUBLISH_RETRY``, at most
+``CLIENT_RETRY_TIMEOUT_S``) and then fails the message. A batch that failed that way (Pub/Sub
+unreachable, or a topic that accepted messages earlier and is now missing, e.g. being recreated
+after an emulator restart) is kept and re-published until Pub/Sub confirms it, for at most
+``publish_timeout_s`` counted from its first attempt. Past that, the publisher gives up: every
+unconfirmed tick is counted as not published and ``gave_up`` tells the worker to stop. A batch
+may thus reach Pub/Sub twice (a confirmation lost in an outage); the pipeline drops duplicate
+trade ids.
+
 Cost estimate. Pub/Sub throughput (publish and each delivery) is $40 per TiB after the first
 10 GiB a month; a message's billable size is its data + attribute keys and values + 20 bytes of
 timestamp + its message_id; at least 1000 bytes are billed per publish/pull request
@@ -14,6 +23,7 @@ timestamp + its message_id; at least 1000 bytes are billed per publish/pull requ
 """
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -40,11 +50,15 @@ MESSAGE_ID_BYTES = 16  # emulator and service ids are ~16 decimal digits
 TIB = 2 ** 40
 
 # Transient failures worth retrying; anything else (permissions, missing topic) fails fast.
-PUBLISH_RETRY = Retry(
-    predicate=if_exception_type(api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded,
-                                api_exceptions.InternalServerError, api_exceptions.Aborted,
-                                api_exceptions.ResourceExhausted, api_exceptions.Unknown),
-    initial=0.1, maximum=10.0, multiplier=2.0, timeout=120.0)
+TRANSIENT_ERRORS = (api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded,
+                    api_exceptions.InternalServerError, api_exceptions.Aborted,
+                    api_exceptions.ResourceExhausted, api_exceptions.Unknown)
+CLIENT_RETRY_TIMEOUT_S = 120.0
+PUBLISH_RETRY = Retry(predicate=if_exception_type(*TRANSIENT_ERRORS), initial=0.1, maximum=10.0,
+                      multiplier=2.0, timeout=CLIENT_RETRY_TIMEOUT_S)
+DEFAULT_PUBLISH_TIMEOUT_S = 600.0
+REPUBLISH_BACKOFF_S = (1.0, 15.0)  # first and longest wait before a failed batch is sent again
+FAILURE_LOG_INTERVAL_S = 5.0
 
 
 def make_publisher_client(max_messages_in_flight: int = 1_000, max_bytes_in_flight: int = 100 * 2 ** 20) -> Any:
@@ -75,7 +89,8 @@ class PublishStats:
     bytes: int = 0
     billable_bytes: int = 0
     disconnects: int = 0
-    failed_messages: int = 0
+    republished: int = 0  # sends of a message again after Pub/Sub failed it
+    failed_messages: int = 0  # never confirmed by Pub/Sub: refused for good, or given up
     failed_ticks: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -95,8 +110,9 @@ class PublishStats:
     def summary(self) -> str:
         return (f"published {self.ticks:,} ticks in {self.messages:,} messages "
                 f"({self.bytes / 1e6:.2f} MB) in {self.elapsed:.1f}s = {self.ticks_per_second:,.0f} ticks/s; "
-                f"disconnect markers {self.disconnects}; failed messages {self.failed_messages} "
-                f"({self.failed_ticks} ticks); est. Pub/Sub cost ${self.publish_cost_usd:.6f} publish "
+                f"disconnect markers {self.disconnects}; re-published {self.republished}; "
+                f"not published {self.failed_messages} messages ({self.failed_ticks} ticks); "
+                f"est. Pub/Sub cost ${self.publish_cost_usd:.6f} publish "
                 f"+ ${self.publish_cost_usd:.6f} per subscription (${PRICE_PER_TIB_USD:.0f}/TiB, "
                 f"≥{MIN_BILLABLE_BYTES_PER_REQUEST} B/request)")
 
@@ -108,20 +124,35 @@ class _PendingBatch:
     opened: float = field(default_factory=time.monotonic)
 
 
+@dataclass(eq=False)
+class _Outgoing:
+    """An encoded message kept until Pub/Sub confirms it, so it can be sent again."""
+
+    data: bytes
+    attributes: dict[str, str]
+    ticks: int
+    first_sent: float
+    sends: int = 0
+    retry_at: float | None = None  # set while it waits to be sent again
+
+
 class TickPublisher:
     """Collects ticks per (exchange, symbol) and publishes them as batch messages.
 
-    ``add`` is called from one thread (the source loop); publish results arrive on the client's
-    threads, so the counters they touch are guarded by a lock.
+    ``add``, ``flush_due`` and ``close`` are called from one thread (the source loop); publish
+    results arrive on the client's threads, so the state they touch is guarded by a lock.
     """
 
     def __init__(self, topic_path: str, *, client: Any = None, batch_size: int = 500,
                  batch_latency_ms: int = 200, quiet: bool = False, out: TextIO | None = None,
-                 status_interval_s: float = 1.0) -> None:
+                 status_interval_s: float = 1.0,
+                 publish_timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1 tick")
         if batch_latency_ms < 0:
             raise ValueError("batch latency must be >= 0 ms")
+        if publish_timeout_s <= 0:
+            raise ValueError("publish timeout must be > 0 s")
         self.topic_path = topic_path
         self.client = client if client is not None else make_publisher_client()
         self.batch_size = batch_size
@@ -129,10 +160,17 @@ class TickPublisher:
         self.quiet = quiet
         self.out = out  # None: whatever sys.stdout is when a line is printed
         self.status_interval_s = status_interval_s
+        self.publish_timeout_s = publish_timeout_s
+        # One client attempt never outlasts the whole budget.
+        self._client_retry = PUBLISH_RETRY.with_timeout(min(CLIENT_RETRY_TIMEOUT_S, publish_timeout_s))
         self.stats = PublishStats()
+        self.gave_up = False  # a message was refused for good or not confirmed in time
         self._pending: dict[tuple[str, str], _PendingBatch] = {}
-        self._in_flight: set[futures.Future] = set()
-        self._lock = threading.Lock()
+        self._unconfirmed: set[_Outgoing] = set()
+        self._topic_confirmed = False  # the topic accepted a message: a later NotFound is transient
+        self._lock = threading.Condition()  # guards _unconfirmed, _topic_confirmed, gave_up, stats
+        self._failing_since: float | None = None  # first failure since the last success
+        self._last_failure_log = 0.0
         self._last_status = 0.0
         self._volume_since_status = 0.0
         self._ticks_seen = 0
@@ -150,25 +188,34 @@ class TickPublisher:
             self._publish((item[FIELD_EXCHANGE], item[FIELD_SYMBOL]))
 
     def flush_due(self) -> None:
-        """Publish every batch older than the latency budget."""
+        """Publish every batch older than the latency budget, send again the failed messages
+        whose wait is over, and give up if one has gone unconfirmed too long."""
         now = time.monotonic()
         for key in [k for k, batch in self._pending.items() if now - batch.opened >= self.batch_latency_s]:
             self._publish(key)
+        self._resend_due()
 
     def flush(self) -> None:
         for key in list(self._pending):
             self._publish(key)
 
-    def close(self, timeout: float = 60.0) -> PublishStats:
-        """Flush, wait for every outstanding publish, stop the client; returns the final stats."""
-        self.flush()
-        with self._lock:
-            outstanding = list(self._in_flight)
-        _, not_done = futures.wait(outstanding, timeout=timeout)
-        if not_done:
-            logger.error("%d messages still unconfirmed after %.0fs", len(not_done), timeout)
+    def close(self) -> PublishStats:
+        """Flush and wait until Pub/Sub confirmed every message or the publisher gave up (at most
+        ``publish_timeout_s`` after the oldest unconfirmed message was first sent); stop the
+        client; returns the final stats, unconfirmed ticks counted as not published."""
+        if self.gave_up:
+            self._abandon_pending()
+        else:
+            self.flush()
+        while True:
+            self._resend_due()
             with self._lock:
-                self.stats.failed_messages += len(not_done)
+                if self.gave_up or not self._unconfirmed:
+                    self._abandon_unconfirmed()
+                    break
+                waits = [o.retry_at for o in self._unconfirmed if o.retry_at is not None]
+                waits.append(min(o.first_sent for o in self._unconfirmed) + self.publish_timeout_s)
+                self._lock.wait(timeout=max(min(waits) - time.monotonic(), 0.0) + 0.01)
         self.client.stop()
         return self.stats
 
@@ -184,27 +231,106 @@ class TickPublisher:
         if batch is None or (not batch.ticks and not batch.disconnects):
             return
         data, attributes = encode_message(batch.ticks, batch.disconnects)
-        count = len(batch.ticks)
-        future = self.client.publish(self.topic_path, data, retry=PUBLISH_RETRY, **attributes)
-        size = billable_bytes(data, attributes)
+        outgoing = _Outgoing(data, attributes, len(batch.ticks), first_sent=time.monotonic())
         with self._lock:
-            self._in_flight.add(future)
-        future.add_done_callback(lambda done: self._on_published(done, count, len(data), size))
+            self._unconfirmed.add(outgoing)
+        self._send(outgoing)
 
-    def _on_published(self, future: futures.Future, ticks: int, data_bytes: int, billable: int) -> None:
+    def _send(self, outgoing: _Outgoing) -> None:
+        """Hand a message to the client (this blocks while its flow control is full)."""
+        outgoing.sends += 1
+        future = self.client.publish(self.topic_path, outgoing.data, retry=self._client_retry,
+                                     **outgoing.attributes)
+        future.add_done_callback(functools.partial(self._on_result, outgoing))
+
+    def _on_result(self, outgoing: _Outgoing, future: futures.Future) -> None:
         error = future.exception()
         with self._lock:
-            self._in_flight.discard(future)
+            if outgoing not in self._unconfirmed:  # already counted as not published
+                return
             if error is None:
+                self._unconfirmed.discard(outgoing)
+                self._topic_confirmed = True
                 self.stats.messages += 1
-                self.stats.ticks += ticks
-                self.stats.bytes += data_bytes
-                self.stats.billable_bytes += billable
+                self.stats.ticks += outgoing.ticks
+                self.stats.bytes += len(outgoing.data)
+                self.stats.billable_bytes += billable_bytes(outgoing.data, outgoing.attributes)
+                if self._failing_since is not None:
+                    logger.info("Pub/Sub accepts messages again after %.1fs of failures; %d "
+                                "unconfirmed messages left", time.monotonic() - self._failing_since,
+                                len(self._unconfirmed))
+                    self._failing_since = None
+            elif self._worth_resending(error):
+                first, longest = REPUBLISH_BACKOFF_S
+                outgoing.retry_at = time.monotonic() + min(first * 2 ** (outgoing.sends - 1), longest)
+                self._log_failure(error)
             else:
+                self._unconfirmed.discard(outgoing)
+                self._count_not_published(outgoing)
+                self.gave_up = True
+                logger.error("Pub/Sub refused a message of %d ticks for %s: %s", outgoing.ticks,
+                             self.topic_path, error)
+            self._lock.notify_all()
+
+    def _worth_resending(self, error: BaseException) -> bool:
+        """Transient errors, the client's own retries running out on them, and a missing topic
+        that existed (an emulator restart or a redeploy recreates it); not a topic that never
+        accepted a message (a configuration error)."""
+        if isinstance(error, api_exceptions.RetryError):
+            error = error.cause or error
+        if isinstance(error, TRANSIENT_ERRORS):
+            return True
+        return isinstance(error, api_exceptions.NotFound) and self._topic_confirmed
+
+    def _resend_due(self) -> None:
+        """Send again the failed messages whose wait is over; give up past the publish timeout."""
+        now = time.monotonic()
+        with self._lock:
+            if any(now - o.first_sent > self.publish_timeout_s for o in self._unconfirmed):
+                if not self.gave_up:
+                    logger.error("Pub/Sub has not confirmed a message for %.0fs (--publish-timeout): "
+                                 "giving up on %d unconfirmed messages", self.publish_timeout_s,
+                                 len(self._unconfirmed))
+                self.gave_up = True
+                return
+            due = [o for o in self._unconfirmed if o.retry_at is not None and o.retry_at <= now]
+            for outgoing in due:
+                outgoing.retry_at = None
+            self.stats.republished += len(due)
+        for outgoing in due:
+            self._send(outgoing)
+
+    def _log_failure(self, error: BaseException) -> None:
+        """One line per interval while Pub/Sub fails: an outage must show, but not flood."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._last_failure_log < FAILURE_LOG_INTERVAL_S:
+            return
+        self._last_failure_log = now
+        waiting = sum(o.retry_at is not None for o in self._unconfirmed)
+        oldest = now - min(o.first_sent for o in self._unconfirmed)
+        logger.warning("publish to %s failed (%s); %d messages wait to be sent again, the oldest "
+                       "unconfirmed for %.0fs of %.0fs allowed", self.topic_path,
+                       str(error).splitlines()[0][:200], waiting, oldest, self.publish_timeout_s)
+
+    def _abandon_pending(self) -> None:
+        """After giving up: batches not sent yet are counted as not published, not sent."""
+        for batch in self._pending.values():
+            if batch.ticks or batch.disconnects:
                 self.stats.failed_messages += 1
-                self.stats.failed_ticks += ticks
-        if error is not None:
-            logger.error("publish of %d ticks to %s failed: %s", ticks, self.topic_path, error)
+                self.stats.failed_ticks += len(batch.ticks)
+        self._pending.clear()
+
+    def _abandon_unconfirmed(self) -> None:
+        """Count every message still unconfirmed as not published (call with the lock held)."""
+        for outgoing in self._unconfirmed:
+            self._count_not_published(outgoing)
+        self._unconfirmed.clear()
+
+    def _count_not_published(self, outgoing: _Outgoing) -> None:
+        self.stats.failed_messages += 1
+        self.stats.failed_ticks += outgoing.ticks
 
     def _print_status(self, tick: Tick) -> None:
         """The seed-style one-liner, at most once per status interval."""
