@@ -9,7 +9,7 @@ import { parseArgs } from 'node:util';
 import { init as tardisInit } from 'tardis-dev';
 
 import { TickBatcher } from './batcher.js';
-import { PubSubPublisher } from './publisher.js';
+import { DEFAULT_MAX_BYTES_IN_FLIGHT, DEFAULT_MAX_MESSAGES_IN_FLIGHT, PubSubPublisher } from './publisher.js';
 import { ingest, paced, withFallback } from './run.js';
 import { fileEvents } from './sources/file.js';
 import { liveEvents, replayEvents } from './sources/tardis.js';
@@ -36,6 +36,8 @@ const OPTIONS = {
   duration: { type: 'string' },
   'batch-size': { type: 'string', default: '500' },
   'batch-latency-ms': { type: 'string', default: '200' },
+  'max-messages-in-flight': { type: 'string', default: String(DEFAULT_MAX_MESSAGES_IN_FLIGHT) },
+  'max-bytes-in-flight': { type: 'string', default: String(DEFAULT_MAX_BYTES_IN_FLIGHT) },
   endpoint: { type: 'string' },
   'ws-url': { type: 'string' },
   quiet: { type: 'boolean', default: false },
@@ -47,6 +49,7 @@ export const USAGE = `usage: mds-ingest [--exchange binance] [--symbol BTC-USDT[
   (--source FILE | --from DATE --to DATE | --live [--fallback-replay])
   [--topic NAME|projects/P/topics/T] [--project P] [--create-topic]
   [--speed 0] [--duration S] [--batch-size 500] [--batch-latency-ms 200]
+  [--max-messages-in-flight ${DEFAULT_MAX_MESSAGES_IN_FLIGHT}] [--max-bytes-in-flight ${DEFAULT_MAX_BYTES_IN_FLIGHT}]
   [--endpoint TARDIS_URL] [--ws-url WS_URL] [--quiet]`;
 
 function number(name, text, { min, max = Infinity, integer = false }) {
@@ -83,6 +86,9 @@ export function parseOptions(argv, env = process.env) {
     durationS: values.duration === undefined ? undefined : number('duration', values.duration, { min: 0.001 }),
     batchSize: number('batch-size', values['batch-size'], { min: 1, max: MAX_BATCH_SIZE, integer: true }),
     batchLatencyMs: number('batch-latency-ms', values['batch-latency-ms'], { min: 0 }),
+    maxMessagesInFlight: number('max-messages-in-flight', values['max-messages-in-flight'],
+      { min: 1, integer: true }),
+    maxBytesInFlight: number('max-bytes-in-flight', values['max-bytes-in-flight'], { min: 1, integer: true }),
     endpoint: values.endpoint,
     wsUrl: values['ws-url'],
     quiet: values.quiet,
@@ -150,7 +156,8 @@ export async function main(argv, { env = process.env, out = console.log, log = c
   const controller = new AbortController();
   const stats = new IngestStats();
   const publisher = new PubSubPublisher({ topic: options.topic, project: options.project, stats, log,
-    createTopic: options.createTopic });
+    createTopic: options.createTopic, maxMessagesInFlight: options.maxMessagesInFlight,
+    maxBytesInFlight: options.maxBytesInFlight });
   const batcher = new TickBatcher({ batchSize: options.batchSize, batchLatencyMs: options.batchLatencyMs,
     send: (message) => publisher.send(message) });
   let signals = 0;

@@ -2,15 +2,24 @@
  * Messages → Pub/Sub with the client's own batching, bounded outstanding work and retries.
  *
  * The client packs messages into publish requests (`batching`); this class bounds what is in
- * flight (messages and bytes, so a fast file replay cannot grow memory without limit) and retries
- * transient failures with exponential backoff. A message that still fails is counted and logged:
- * never dropped silently.
+ * flight (messages and bytes, like the Python worker's `max_messages_in_flight` /
+ * `max_bytes_in_flight`), and `send()` only resolves once there is room, so a source that awaits
+ * it (the batcher, hence the file reader) is paused instead of queueing a whole file in memory.
+ * The window is ours rather than the client's `flowControlled()` publisher because a message
+ * waiting out a retry backoff must keep its slot, each message needs its own outcome for the
+ * retry and the stats (`flowControlled()` only reports them all at once through `all()`, and
+ * keeps every publish promise until then), and one message larger than the byte limit must still
+ * go out alone instead of waiting forever. Transient failures are retried with exponential
+ * backoff; a message that still fails is counted and logged: never dropped silently.
  */
 import { PubSub } from '@google-cloud/pubsub';
 
 // gRPC codes worth retrying: DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE.
 const RETRYABLE_CODES = new Set([4, 8, 10, 13, 14]);
 const ALREADY_EXISTS = 6;
+// The Python worker's make_publisher_client defaults (ingest/publisher.py).
+export const DEFAULT_MAX_MESSAGES_IN_FLIGHT = 1_000;
+export const DEFAULT_MAX_BYTES_IN_FLIGHT = 100 * 2 ** 20;
 
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
 
@@ -23,18 +32,23 @@ export function parseTopic(topic, project) {
 }
 
 export class PubSubPublisher {
+  /** `client` defaults to a real `PubSub`; tests pass one whose topic acknowledges on cue. */
   constructor({ topic, project, stats, log = console.error, createTopic = false,
-    maxOutstandingMessages = 1000, maxOutstandingBytes = 64 * 1024 * 1024, maxAttempts = 6,
-    batching = { maxMessages: 100, maxMilliseconds: 10, maxBytes: 4 * 1024 * 1024 } }) {
+    maxMessagesInFlight = DEFAULT_MAX_MESSAGES_IN_FLIGHT, maxBytesInFlight = DEFAULT_MAX_BYTES_IN_FLIGHT,
+    maxAttempts = 6, batching = { maxMessages: 100, maxMilliseconds: 10, maxBytes: 4 * 1024 * 1024 },
+    client }) {
+    for (const [name, limit] of [['messages', maxMessagesInFlight], ['bytes', maxBytesInFlight]]) {
+      if (!(limit >= 1)) throw new RangeError(`max ${name} in flight must be >= 1, got ${limit}`);
+    }
     const where = parseTopic(topic, project);
-    this.client = new PubSub({ projectId: where.project });
+    this.client = client ?? new PubSub({ projectId: where.project });
     this.topic = this.client.topic(where.name, { batching });
     this.topicPath = `projects/${where.project}/topics/${where.name}`;
     this.createTopic = createTopic;
     this.stats = stats;
     this.log = log;
-    this.maxOutstandingMessages = maxOutstandingMessages;
-    this.maxOutstandingBytes = maxOutstandingBytes;
+    this.maxMessagesInFlight = maxMessagesInFlight;
+    this.maxBytesInFlight = maxBytesInFlight;
     this.maxAttempts = maxAttempts;
     this.outstandingMessages = 0;
     this.outstandingBytes = 0;
@@ -52,10 +66,11 @@ export class PubSubPublisher {
     }
   }
 
+  /** Room for one more message of `size` bytes? Always when nothing is in flight (an oversized one goes alone). */
   hasRoom(size) {
     return this.outstandingMessages === 0
-      || (this.outstandingMessages < this.maxOutstandingMessages
-        && this.outstandingBytes + size <= this.maxOutstandingBytes);
+      || (this.outstandingMessages < this.maxMessagesInFlight
+        && this.outstandingBytes + size <= this.maxBytesInFlight);
   }
 
   /** Queue one message; resolves once it is in flight (waits while the window is full). */

@@ -91,12 +91,13 @@ test('a Binance trades file is published and every tick arrives exactly once', a
   assert.equal(ticks.find((t) => t.id === '0').price, 4261.48);
 });
 
-test('the bundled sample day (Tardis CSV.gz) is published whole, every tick once', async () => {
+test('the bundled sample day (Tardis CSV.gz) is published whole, every tick once, two messages in flight', async () => {
   const sample = fileURLToPath(new URL('../../../pipelines/sample/binance_trades_2017-08-17_BTCUSDT.csv.gz',
     import.meta.url));
   const subscription = await topicWithSubscription('sample-ticks');
   const code = await main(['--source', sample, '--topic', 'sample-ticks', '--project', PROJECT,
-    '--create-topic', '--speed', '0', '--quiet'], { out: () => {}, log: () => {}, handleSignals: false });
+    '--create-topic', '--speed', '0', '--quiet', '--batch-size', '100', '--max-messages-in-flight', '2'],
+  { out: () => {}, log: () => {}, handleSignals: false });
   assert.equal(code, 0);
   const ticks = checkMessages(await pullTicks(subscription, 3427));
   const ids = ticks.map((t) => Number(t.id)).sort((a, b) => a - b);
