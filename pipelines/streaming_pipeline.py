@@ -187,6 +187,11 @@ def run(argv: Optional[list[str]] = None) -> beam.runners.runner.PipelineResult:
     options = PipelineOptions(argv)
     opts = options.view_as(MarketDataOptions)
     options.view_as(StandardOptions).streaming = not opts.input_file
+    runner = options.view_as(StandardOptions).runner
+    if opts.input_subscription and (runner is None or runner.endswith("DirectRunner")):
+        from pipelines.local_mode import harden_pubsub_read
+
+        harden_pubsub_read()  # local only: Dataflow's Pub/Sub source retries by itself
     if opts.output_dataset:
         prepare_bigquery(opts.output_dataset)
     pipeline = beam.Pipeline(options=options)

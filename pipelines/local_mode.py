@@ -1,0 +1,130 @@
+"""Patches of Beam's DirectRunner for local runs ONLY; the Dataflow path never applies them.
+
+``harden_pubsub_read``: the DirectRunner reads Pub/Sub in ``_PubSubReadEvaluator``
+(``apache_beam/runners/direct/transform_evaluator.py``): per bundle, one synchronous ``pull``
+(at most 10 messages) and then ``acknowledge``. An error from either escapes ``finish_bundle``;
+the executor retries a bundle 4 times and then fails the pipeline. Measured with the emulator
+killed and restarted (Beam 2.77, google-cloud-pubsub 2.44): the client retries UNAVAILABLE on a
+pull for 60 s and then raises ``RetryError``, so an outage of ~4 minutes kills the job; a restarted
+emulator answers NotFound until its subscription is recreated, which burns the 4 attempts in
+milliseconds; and an ``acknowledge`` error discards the messages that pull already returned.
+Dataflow's Pub/Sub source retries all of this by itself, hence a local-only patch.
+
+It wraps the subscriber client the evaluator uses: a pull that fails transiently (or with
+NotFound on a subscription that has answered before, i.e. one being recreated) returns no
+messages after a backoff, and the evaluator simply pulls again; a failed acknowledge is logged
+and the pulled messages still go downstream (Pub/Sub may deliver them again; the pipeline drops
+duplicate trade ids). Any other error still fails the bundle as before.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from google.api_core import exceptions as api_exceptions
+
+_LOGGER = logging.getLogger(__name__)
+
+TRANSIENT_PULL_ERRORS = (api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded,
+                         api_exceptions.InternalServerError, api_exceptions.Aborted,
+                         api_exceptions.ResourceExhausted, api_exceptions.Unknown,
+                         api_exceptions.RetryError)  # the client's own retries ran out
+PULL_BACKOFF_S = (0.5, 10.0)  # first and longest pause after a failed pull
+PULL_FAILURE_LOG_INTERVAL_S = 10.0
+
+
+@dataclass
+class _PullHealth:
+    """How pulling from one subscription is going (one pipeline per process: keyed by path)."""
+
+    answered: bool = False  # a pull succeeded once: the subscription exists
+    failures: int = 0  # consecutive failed pulls
+    failing_since: float = 0.0
+    last_log: float = 0.0
+
+
+_HEALTH: dict[str, _PullHealth] = {}
+_HEALTH_LOCK = threading.Lock()
+
+
+class _ResilientSubscriber:
+    """A SubscriberClient whose ``pull`` and ``acknowledge`` ride out a Pub/Sub outage."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def pull(self, *, subscription: str, **kwargs: Any) -> Any:
+        from google.pubsub_v1 import PullResponse
+
+        with _HEALTH_LOCK:
+            health = _HEALTH.setdefault(subscription, _PullHealth())
+        started = time.monotonic()
+        try:
+            response = self._client.pull(subscription=subscription, **kwargs)
+        except Exception as error:
+            if not _transient(error, health):
+                raise
+            _pause_after_failure(subscription, health, error, started)
+            return PullResponse()
+        if health.failures:
+            _LOGGER.info("pulling from %s again after %.0fs of failures", subscription,
+                         time.monotonic() - health.failing_since)
+        health.answered, health.failures = True, 0
+        return response
+
+    def acknowledge(self, *, subscription: str, ack_ids: list[str], **kwargs: Any) -> None:
+        try:
+            self._client.acknowledge(subscription=subscription, ack_ids=ack_ids, **kwargs)
+        except Exception as error:
+            if not _transient(error, _HEALTH.get(subscription, _PullHealth())):
+                raise
+            _LOGGER.warning("acknowledging %d messages on %s failed (%s): they go on downstream "
+                            "and may be delivered again (duplicate trade ids are dropped)",
+                            len(ack_ids), subscription, _first_line(error))
+
+
+def _transient(error: BaseException, health: _PullHealth) -> bool:
+    if isinstance(error, TRANSIENT_PULL_ERRORS):
+        return True
+    return isinstance(error, api_exceptions.NotFound) and health.answered
+
+
+def _pause_after_failure(subscription: str, health: _PullHealth, error: BaseException,
+                         pull_started: float) -> None:
+    """Log (at most once per interval) and back off, so a dead server is not polled in a loop."""
+    now = time.monotonic()
+    if not health.failures:
+        health.failing_since = pull_started  # the client may have retried inside that pull
+    health.failures += 1
+    if now - health.last_log >= PULL_FAILURE_LOG_INTERVAL_S:
+        health.last_log = now
+        _LOGGER.warning("pull from %s failed (%s); pulling again, failing for %.0fs", subscription,
+                        _first_line(error), now - health.failing_since)
+    first, longest = PULL_BACKOFF_S
+    time.sleep(min(first * 2 ** (health.failures - 1), longest))
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+
+
+def harden_pubsub_read() -> None:
+    """Make the DirectRunner's Pub/Sub read survive pull/acknowledge errors (see the module
+    doc). Idempotent; acts on this process only."""
+    from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator
+
+    original = _PubSubReadEvaluator._get_subscriber_client
+    if getattr(original, "hardened", False):
+        return
+
+    def resilient_client(cls: type, transform: Any) -> _ResilientSubscriber:
+        return _ResilientSubscriber(original.__func__(cls, transform))
+
+    resilient_client.hardened = True  # type: ignore[attr-defined]
+    _PubSubReadEvaluator._get_subscriber_client = classmethod(resilient_client)
