@@ -84,6 +84,9 @@ def billable_bytes(data: bytes, attributes: dict[str, str]) -> int:
 
 @dataclass
 class PublishStats:
+    """Every tick received ends up published or not published: received = ticks + failed_ticks."""
+
+    received: int = 0  # ticks handed to the publisher
     ticks: int = 0
     messages: int = 0
     bytes: int = 0
@@ -111,7 +114,8 @@ class PublishStats:
         return (f"published {self.ticks:,} ticks in {self.messages:,} messages "
                 f"({self.bytes / 1e6:.2f} MB) in {self.elapsed:.1f}s = {self.ticks_per_second:,.0f} ticks/s; "
                 f"disconnect markers {self.disconnects}; re-published {self.republished}; "
-                f"not published {self.failed_messages} messages ({self.failed_ticks} ticks); "
+                f"not published {self.failed_messages} messages ({self.failed_ticks} ticks) "
+                f"of {self.received:,} ticks received; "
                 f"est. Pub/Sub cost ${self.publish_cost_usd:.6f} publish "
                 f"+ ${self.publish_cost_usd:.6f} per subscription (${PRICE_PER_TIB_USD:.0f}/TiB, "
                 f"≥{MIN_BILLABLE_BYTES_PER_REQUEST} B/request)")
@@ -173,7 +177,6 @@ class TickPublisher:
         self._last_failure_log = 0.0
         self._last_status = 0.0
         self._volume_since_status = 0.0
-        self._ticks_seen = 0
 
     def add(self, item: SourceItem) -> None:
         if isinstance(item, Disconnect):
@@ -182,7 +185,7 @@ class TickPublisher:
             return
         batch = self._batch_for(item[FIELD_EXCHANGE], item[FIELD_SYMBOL])
         batch.ticks.append(item)
-        self._ticks_seen += 1
+        self.stats.received += 1
         self._print_status(item)
         if len(batch.ticks) >= self.batch_size:
             self._publish((item[FIELD_EXCHANGE], item[FIELD_SYMBOL]))
@@ -339,7 +342,7 @@ class TickPublisher:
         now = time.monotonic()
         if self.quiet or now - self._last_status < self.status_interval_s:
             return
-        rate = self._ticks_seen / self.stats.elapsed
+        rate = self.stats.received / self.stats.elapsed
         try:
             clock = datetime.fromtimestamp(parse_time_us(tick[FIELD_TIMESTAMP]) / 1e6, tz=timezone.utc).strftime("%H:%M:%S")
         except ValueError:
@@ -347,5 +350,5 @@ class TickPublisher:
         price = tick[FIELD_PRICE]
         price_text = f"${price:.2f}" if isinstance(price, (int, float)) else f"${price}"
         print(f"🟢 {clock} | {tick[FIELD_SYMBOL]} | {price_text} | Vol: {self._volume_since_status:.4f} | "
-              f"Ticks: {self._ticks_seen:,} ({rate:.1f}/s)", file=self.out or sys.stdout, flush=True)
+              f"Ticks: {self.stats.received:,} ({rate:.1f}/s)", file=self.out or sys.stdout, flush=True)
         self._last_status, self._volume_since_status = now, 0.0

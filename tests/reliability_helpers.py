@@ -1,10 +1,16 @@
-"""Fault injection for the emulator chain: a BigQuery server that can go down and come back."""
+"""Fault injection for the emulator chain: a BigQuery server that can go down and come back, a
+Pub/Sub emulator that can crash and be started again on its port."""
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import time
+from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.local_stack import BigQueryEmulator, _terminate_group
+from pipelines.local_stack import BigQueryEmulator, PubSubEmulator, _terminate_group
 
 
 class PersistentBigQueryEmulator(BigQueryEmulator):
@@ -24,6 +30,25 @@ class PersistentBigQueryEmulator(BigQueryEmulator):
         self.start()
 
 
+class RestartablePubSubEmulator(PubSubEmulator):
+    """The Pub/Sub emulator, killed like a crash and started again on the same port.
+
+    The emulator keeps everything in memory: it comes back with no topic, no subscription and
+    none of the messages it had not delivered yet (real Pub/Sub is durable; see the test).
+    """
+
+    def crash(self) -> None:
+        """SIGKILL the emulator and its JVM: no shutdown, nothing saved."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def come_back(self) -> None:
+        self.start()
+
+
 def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 1.0) -> bool:
     """Poll ``condition`` until it is true or ``timeout`` seconds passed; returns the last result."""
     deadline = time.monotonic() + timeout
@@ -33,3 +58,34 @@ def wait_until(condition: Callable[[], Any], timeout: float, interval: float = 1
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+CANDLE_COLUMNS = ("open", "high", "low", "close", "trades", "first_trade_id", "last_trade_id")
+
+
+def latest_traded_candles(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(timeframe, window start ISO) → the candle's latest revision, for windows with trades
+    (gap candles depend on the streaming idle timer, not on the ticks)."""
+    from ingest.message import iso_from_us
+
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        start = row["timestamp_in"]
+        start = start if isinstance(start, str) else iso_from_us(int(start.timestamp() * 1e6))
+        key = (row["timeframe"], start)
+        if row["trades"] and (key not in latest or row["revision"] > latest[key]["revision"]):
+            latest[key] = row
+    return latest
+
+
+def replay_reference_candles(ticks: list[dict[str, Any]], workdir: Path,
+                             timeframes: str) -> list[dict[str, Any]]:
+    """The candles `mds replay` (bounded, exact event time) makes from ``ticks``."""
+    from pipelines.replay import parse_args, replay
+
+    source = workdir / "reference-ticks.jsonl"
+    source.write_text("".join(json.dumps(t) + "\n" for t in ticks))
+    out = workdir / "replay"
+    replay(parse_args(["--input", str(source), "--output-dir", str(out), "--timeframes", timeframes,
+                       "--feature-timeframes", timeframes, "--quiet"]))
+    return [json.loads(line) for line in (out / "candles.jsonl").read_text().splitlines()]

@@ -5,8 +5,8 @@
 - At-least-once: duplicated, shuffled, re-batched deliveries give the same final candles, on the
   bounded and on the streaming path.
 - Faults (emulators + ``mds run`` subprocess): BigQuery down for a while, ingest worker killed
-  and restarted from the start of its file; every tick ends in ``ticks`` exactly once or in
-  ``dead_letter``.
+  and restarted from the start of its file, the Pub/Sub emulator killed and restarted empty
+  mid-stream; every tick ends in ``ticks`` exactly once or in ``dead_letter``.
 
 Secrets (TARDIS_API_KEY never in logs or errors) are covered by tests/test_ingest_tardis.py.
 """
@@ -16,9 +16,12 @@ import json
 import math
 import os
 import random
+import re
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Iterable
 
 import pytest
@@ -30,9 +33,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.message import encode_message, iso_from_us
-from pipelines.local_stack import (PubSubEmulator, _terminate_group, ensure_topic_and_subscription,
-                                   pubsub_env)
-from tests.reliability_helpers import PersistentBigQueryEmulator, wait_until
+from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
+                                   ensure_topic_and_subscription, free_port, pubsub_env)
+from tests.reliability_helpers import (CANDLE_COLUMNS, PersistentBigQueryEmulator,
+                                       RestartablePubSubEmulator, latest_traded_candles,
+                                       replay_reference_candles, wait_until)
 from transforms.bigquery import make_client
 from tests.pipeline_helpers import SECOND_US, T0_US, by_timeframe, options, run_market_data, tick
 from transforms.ticks import DEAD_LETTER_TAG, ParseTicksFn, TickBatch, parse_records
@@ -466,3 +471,143 @@ def test_streaming_chain_absorbs_ingest_restart_and_bigquery_outage(tmp_path):
     dead_ids = [int(json.loads(d["payload"])["id"]) for d in dead if d["stage"] != "parse"]
     assert len(stored_ids) == len(set(stored_ids)), "a tick stored twice"
     assert sorted(stored_ids + dead_ids) == list(range(600)), (outage_s, output)
+
+
+@pytest.mark.timeout(60)
+def test_worker_gives_up_after_publish_timeout_and_says_how_many_ticks_were_not_published(tmp_path):
+    """Pub/Sub unreachable for longer than ``--publish-timeout``: the worker stops reading its
+    source (a 100 s file here) and exits 1 with the count of ticks it could not publish."""
+    source = tmp_path / "ticks.jsonl"
+    source.write_text("".join(json.dumps(tick(i, 100.0, 1.0, T0_US + i * SECOND_US)) + "\n"
+                              for i in range(100)))
+    env = dict(os.environ, PUBSUB_EMULATOR_HOST=f"127.0.0.1:{free_port()}")  # nothing listens
+    started = time.monotonic()
+    worker = subprocess.run(_mds("ingest", "--source", str(source), "--topic", "ticks", "--speed", "1",
+                                 "--batch-size", "5", "--batch-latency-ms", "100", "--quiet",
+                                 "--publish-timeout", "3"),
+                            env=env, capture_output=True, text=True, timeout=50)
+    elapsed = time.monotonic() - started
+    assert worker.returncode == 1, worker.stderr[-2000:]
+    summary = re.search(r"published (\d+) ticks .* not published \d+ messages \((\d+) ticks\) "
+                        r"of (\d+) ticks received", worker.stdout)
+    published, not_published, received = (int(summary.group(i)) for i in (1, 2, 3))
+    read = int(re.search(r"source: (\d+) messages", worker.stdout).group(1))
+    assert published == 0 and 0 < not_published == received, worker.stdout
+    # It stopped reading; the pacer may hold one tick it read but was not due to hand over yet.
+    assert read - 1 <= received <= read < 100, worker.stdout
+    assert f"❌ {not_published} ticks in" in worker.stderr and "were not published" in worker.stderr
+    assert elapsed < 30, elapsed
+
+
+def _log_text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.mark.timeout(270)
+def test_streaming_chain_rides_out_a_pubsub_emulator_crash_and_restart(tmp_path):
+    """(c) The Pub/Sub emulator SIGKILLed mid-stream and restarted empty on the same port, while
+    `mds ingest` keeps publishing and `mds run` keeps pulling; operations then recreate the topic
+    and subscription. Every tick is in ``ticks`` exactly once or in ``dead_letter``, and the
+    candles equal `mds replay` of the same ticks.
+
+    The emulator keeps undelivered messages in memory only (real Pub/Sub is durable), so the
+    crash comes when BigQuery already holds every tick published so far: the worker is in a
+    pause of its file (phase A, a 25 s gap, phase B) and publishes phase B into the outage.
+    """
+    timeframes = "15s,1m"
+    phase_ticks, spacing_us, gap_us = 100, 100_000, 25 * SECOND_US
+    with RestartablePubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
+        topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host,
+                   BIGQUERY_EMULATOR_HOST=bigquery.endpoint)
+        pipeline_log, worker_log = tmp_path / "pipeline.log", tmp_path / "worker.log"
+        with open(pipeline_log, "wb") as log:
+            pipeline = subprocess.Popen(
+                _mds("run", "--runner=BundleBasedDirectRunner", f"--input_subscription={subscription}",
+                     f"--output_dataset={PROJECT}:{DATASET}", "--mode=both",
+                     f"--timeframes={timeframes}", f"--feature_timeframes={timeframes}",
+                     "--allowed_lateness_seconds=120", "--idle_timeout_seconds=30"),
+                env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+        worker = None
+        try:
+            client = make_client(PROJECT, bigquery.endpoint)
+            assert wait_until(lambda: _stored(client, "candles") is not None, 60)
+            time.sleep(5)  # the DirectRunner starts pulling a moment after it built the graph
+            # Event times just ahead of the wall clock: the DirectRunner's Pub/Sub watermark is it.
+            start_us = time.time_ns() // 1000 + 3 * SECOND_US
+            times = [start_us + i * spacing_us for i in range(phase_ticks)]
+            times += [times[-1] + gap_us + i * spacing_us for i in range(phase_ticks)]
+            ticks = [tick(i, 100.0 + (i % 17) - (i % 5) * 0.5, 0.1 + (i % 7) / 10, ts,
+                          ("buy", "sell", "unknown")[i % 3]) for i, ts in enumerate(times)]
+            source = tmp_path / "ticks.jsonl"
+            source.write_text("".join(json.dumps(t) + "\n" for t in ticks))
+
+            with open(worker_log, "wb") as log:
+                worker_started = time.monotonic()
+                worker = subprocess.Popen(
+                    _mds("ingest", "--source", str(source), "--topic", topic, "--speed", "1",
+                         "--batch-size", "20", "--batch-latency-ms", "100", "--quiet",
+                         "--publish-timeout", "150"),
+                    env=env, stdout=log, stderr=subprocess.STDOUT)
+            # Paced from its first tick, the worker cannot send phase B before this.
+            phase_b_earliest = worker_started + (times[phase_ticks] - times[0]) / 1e6
+            assert wait_until(lambda: len(_stored(client, "ticks") or []) >= phase_ticks, 40)
+            assert time.monotonic() < phase_b_earliest - 1, "phase A took too long to reach BigQuery"
+            pubsub.crash()
+            crashed_at = time.monotonic()
+
+            # Down until phase B is well under way (the worker keeps its batches meanwhile).
+            time.sleep(max(phase_b_earliest + 8 - time.monotonic(), 0))
+            pubsub.come_back()
+            # Their retries now find no topic and no subscription: the worker must keep its
+            # batches, the pipeline must keep pulling (wait until both met it).
+            assert wait_until(lambda: "Topic not found" in _log_text(worker_log), 60, interval=0.2), \
+                _log_text(worker_log)[-2000:]
+            pull_failed = f"pull from {subscription} failed"
+            assert wait_until(lambda: pull_failed in _log_text(pipeline_log), 60, interval=0.2), \
+                _log_text(pipeline_log)[-2000:]
+            # Operations recreate topic and subscription. Pub/Sub drops messages published to a
+            # topic without a subscription, so the worker is frozen until both exist.
+            worker.send_signal(signal.SIGSTOP)
+            try:
+                ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
+            finally:
+                worker.send_signal(signal.SIGCONT)
+            outage_s = time.monotonic() - crashed_at
+            worker_code = worker.wait(timeout=120)
+
+            # Wall-clock watermark: traffic until the last 1m window has closed.
+            last_window_end_s = math.ceil(times[-1] / 1e6 / 60) * 60
+            while time.time() < last_window_end_s + 15:
+                _publish(topic, [(b'{"ticks":[]}', {"ts": str(time.time_ns() // 1_000_000)})])
+                time.sleep(1)
+            wait_until(lambda: len(_stored(client, "ticks") or []) + len(_stored(client, "dead_letter") or [])
+                       >= len(ticks), 60, interval=2)
+            stored, dead, candles = (_stored(client, t) for t in ("ticks", "dead_letter", "candles"))
+        finally:
+            if worker is not None and worker.poll() is None:
+                worker.kill()
+                worker.wait(timeout=10)
+            _terminate_group(pipeline)
+    pipeline_output, worker_output = _log_text(pipeline_log)[-3000:], _log_text(worker_log)[-3000:]
+    assert worker_code == 0, worker_output
+    republished = int(re.search(r"re-published (\d+)", worker_output).group(1))
+    assert republished >= 1 and "not published 0 messages" in worker_output, worker_output
+
+    assert stored is not None and dead is not None and candles is not None, pipeline_output
+    stored_ids = [int(t["id"]) for t in stored]
+    dead_ids = [int(json.loads(d["payload"])["id"]) for d in dead if d["stage"] != "parse"]
+    assert len(stored_ids) == len(set(stored_ids)), "a tick stored twice"
+    assert len(stored) + len(dead) == len(ticks), (outage_s, pipeline_output)
+    assert sorted(stored_ids + dead_ids) == list(range(len(ticks))), (outage_s, pipeline_output)
+    assert sorted(stored_ids) == list(range(len(ticks))), ("late ticks dead-lettered", outage_s)
+
+    ours = latest_traded_candles(candles)
+    theirs = latest_traded_candles(replay_reference_candles(ticks, tmp_path, timeframes))
+    assert ours.keys() == theirs.keys() and len(ours) >= 4, pipeline_output
+    for key, want in theirs.items():
+        for column in CANDLE_COLUMNS + ("sma_5", "rsi_5"):
+            expected = want[column]
+            assert ours[key][column] == (expected if expected is None or isinstance(expected, str)
+                                         else pytest.approx(expected, rel=1e-9)), (key, column)
+        assert ours[key]["volume"] == pytest.approx(want["volume"], rel=1e-12), key
