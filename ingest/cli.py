@@ -20,7 +20,8 @@ from datetime import datetime, timedelta, timezone
 from typing import AsyncIterator, Callable
 
 from ingest.exchanges import EXCHANGES, ExchangeSpec, exchange_spec
-from ingest.publisher import DEFAULT_PUBLISH_TIMEOUT_S, TickPublisher
+from ingest.publisher import (DEFAULT_MAX_BYTES_IN_FLIGHT, DEFAULT_MAX_MESSAGES_IN_FLIGHT,
+                              DEFAULT_PUBLISH_TIMEOUT_S, TickPublisher, make_publisher_client)
 from ingest.sources import (Backoff, SourceItem, SourceStats, file_ticks, live_trades,
                             live_with_fallback, paced, tardis_replay)
 
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, help="stop after this many seconds")
     parser.add_argument("--batch-size", type=int, default=500, help="max ticks per Pub/Sub message")
     parser.add_argument("--batch-latency-ms", type=int, default=200, help="max age of a partly filled batch")
+    parser.add_argument("--max-messages-in-flight", type=int, default=DEFAULT_MAX_MESSAGES_IN_FLIGHT,
+                        help="unconfirmed messages before the source is paused (bounds memory)")
+    parser.add_argument("--max-bytes-in-flight", type=int, default=DEFAULT_MAX_BYTES_IN_FLIGHT,
+                        help="unconfirmed bytes before the source is paused (bounds memory)")
     parser.add_argument("--publish-timeout", type=float, default=DEFAULT_PUBLISH_TIMEOUT_S, metavar="SECONDS",
                         help="how long a message Pub/Sub fails (unreachable, topic being recreated) is sent "
                              "again before the worker gives up, stops and exits 1 with the count of ticks "
@@ -78,6 +83,8 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         parser.error("--batch-latency-ms and --speed must be >= 0, --duration > 0")
     if args.publish_timeout <= 0:
         parser.error("--publish-timeout must be > 0")
+    if args.max_messages_in_flight < 1 or args.max_bytes_in_flight < 1:
+        parser.error("--max-messages-in-flight and --max-bytes-in-flight must be >= 1")
 
 
 def _replay_window(args: argparse.Namespace) -> tuple[str, str]:
@@ -155,8 +162,10 @@ async def run(args: argparse.Namespace) -> int:
         _, project, _, topic = path.split("/")
         ensure_topic_and_subscription(project, topic)
     source_stats = SourceStats()
-    publisher = TickPublisher(path, batch_size=args.batch_size, batch_latency_ms=args.batch_latency_ms,
-                              quiet=args.quiet, publish_timeout_s=args.publish_timeout)
+    client = make_publisher_client(args.max_messages_in_flight, args.max_bytes_in_flight)
+    publisher = TickPublisher(path, client=client, batch_size=args.batch_size,
+                              batch_latency_ms=args.batch_latency_ms, quiet=args.quiet,
+                              publish_timeout_s=args.publish_timeout)
     stop = asyncio.Event()
     remove_handlers = _install_stop_handlers(asyncio.get_running_loop(), stop)
     failure: Exception | None = None

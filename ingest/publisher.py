@@ -61,7 +61,12 @@ REPUBLISH_BACKOFF_S = (1.0, 15.0)  # first and longest wait before a failed batc
 FAILURE_LOG_INTERVAL_S = 5.0
 
 
-def make_publisher_client(max_messages_in_flight: int = 1_000, max_bytes_in_flight: int = 100 * 2 ** 20) -> Any:
+DEFAULT_MAX_MESSAGES_IN_FLIGHT = 1_000
+DEFAULT_MAX_BYTES_IN_FLIGHT = 100 * 2 ** 20
+
+
+def make_publisher_client(max_messages_in_flight: int = DEFAULT_MAX_MESSAGES_IN_FLIGHT,
+                          max_bytes_in_flight: int = DEFAULT_MAX_BYTES_IN_FLIGHT) -> Any:
     """A PublisherClient that batches requests and BLOCKS the caller when too much is in flight,
     so a fast source (a file at speed 0) cannot grow memory without bound.
 

@@ -111,6 +111,9 @@ def test_bad_arguments_are_clear_errors(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--source", str(TRADES_FILE), "--batch-size", "0"])
     assert "--batch-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--source", str(TRADES_FILE), "--max-messages-in-flight", "0"])
+    assert "--max-messages-in-flight" in capsys.readouterr().err
 
 
 def test_sigint_flushes_pending_batches_and_exits_cleanly_with_a_summary(emulator) -> None:
