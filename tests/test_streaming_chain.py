@@ -8,7 +8,6 @@ dead_letter, nothing lost (count(input) = count(ticks) + count(dead_letter)), an
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,11 +15,11 @@ import time
 
 import pytest
 
-from ingest.message import encode_message, iso_from_us
+from ingest.message import encode_message
 from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
                                    ensure_topic_and_subscription, pubsub_env)
-from pipelines.replay import parse_args, replay
 from tests.pipeline_helpers import tick
+from tests.reliability_helpers import CANDLE_COLUMNS, latest_traded_candles, replay_reference_candles
 from transforms.bigquery import make_client
 
 pytestmark = pytest.mark.timeout(420)
@@ -97,24 +96,10 @@ def test_pubsub_to_bigquery_exactly_once_with_dead_letters_and_replay_equal_cand
     assert all(t["latency_ms"] is not None and t["timestamp_out"] for t in stored_ticks)
 
     # The same ticks through `mds replay`: the final candles must be the same.
-    source = tmp_path / "ticks.jsonl"
-    source.write_text("".join(json.dumps(t) + "\n" for t in ticks))
-    replay(parse_args(["--input", str(source), "--output-dir", str(tmp_path / "replay"),
-                       "--timeframes", TIMEFRAMES, "--feature-timeframes", TIMEFRAMES, "--quiet"]))
-    expected = [json.loads(line) for line in (tmp_path / "replay" / "candles.jsonl").read_text().splitlines()]
-    columns = ("open", "high", "low", "close", "trades", "first_trade_id", "last_trade_id", "sma_5", "rsi_5")
+    expected = replay_reference_candles(ticks, tmp_path, TIMEFRAMES)
+    columns = CANDLE_COLUMNS + ("sma_5", "rsi_5")
 
-    def latest(rows: list[dict]) -> dict:
-        out: dict = {}
-        for row in rows:
-            start = row["timestamp_in"]
-            start = start if isinstance(start, str) else iso_from_us(int(start.timestamp() * 1e6))
-            key = (row["timeframe"], start)
-            if row["trades"] and (key not in out or row["revision"] > out[key]["revision"]):
-                out[key] = row
-        return out
-
-    ours, theirs = latest(candles), latest(expected)
+    ours, theirs = latest_traded_candles(candles), latest_traded_candles(expected)
     assert ours.keys() == theirs.keys() and len(ours) >= 4, stderr
     for key in theirs:
         for column in columns:
