@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from hashlib import blake2b
 from dataclasses import dataclass
+from hashlib import blake2b
 from typing import Any, Iterable, Iterator, Mapping, Sequence, Tuple
 
 import apache_beam as beam
