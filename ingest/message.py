@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import time
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -21,6 +23,11 @@ ATTR_EXCHANGE = "exchange"
 ATTR_SYMBOL = "symbol"
 ATTR_DEDUP_ID = "mds_id"  # exchange:symbol:id for one tick, batch:<sha1> for a batch
 ATTR_COUNT = "count"  # ticks carried by the message
+# Set by the event-time guard (below) when ``ts`` was missing or invalid: the original value.
+ATTR_BAD_EVENT_TIME = "mds_bad_ts"
+# The latest event time ``ts`` may carry: 9999-12-31T23:59:59.999Z, RFC 3339's last instant.
+EVENT_TIME_MAX_MS = 253_402_300_799_999
+_CANONICAL_EVENT_TIME = re.compile(r"(0|[1-9][0-9]{0,14})")
 
 # Tick fields.
 FIELD_EXCHANGE = "exchange"
@@ -44,6 +51,35 @@ def iso_from_us(ts_us: int) -> str:
     seconds, micros = divmod(int(ts_us), 1_000_000)
     stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{micros:06d}Z"
+
+
+def event_time_ms(value: Any) -> int | None:
+    """The ``ts`` attribute as ms since epoch when it is a canonical integer within range, else
+    None. Anything else would make a runner's Pub/Sub read fail, or overflow its timestamps."""
+    if not isinstance(value, str) or not _CANONICAL_EVENT_TIME.fullmatch(value):
+        return None
+    ms = int(value)
+    return ms if ms <= EVENT_TIME_MAX_MS else None
+
+
+def guard_event_time(attributes: Mapping[str, str], publish_time_ms: int | None = None
+                     ) -> Mapping[str, str]:
+    """Make ``ts`` readable by any runner: a missing or invalid value becomes the publish time and
+    the original moves to ``mds_bad_ts`` ("" when missing), so the pipeline dead-letters the
+    message instead of its read failing. Valid attributes come back unchanged (the same object).
+
+    The twin of the Pub/Sub transform ``deploy/pubsub/event-time-guard.js``, which does this on
+    Dataflow's subscription before delivery; the local read calls this one.
+    """
+    if event_time_ms(attributes.get(ATTR_EVENT_TIME)) is not None:
+        return attributes
+    if publish_time_ms is None or not 0 <= publish_time_ms <= EVENT_TIME_MAX_MS:
+        publish_time_ms = int(time.time() * 1000)
+    original = attributes.get(ATTR_EVENT_TIME)
+    guarded = dict(attributes)
+    guarded[ATTR_BAD_EVENT_TIME] = original if isinstance(original, str) else ""
+    guarded[ATTR_EVENT_TIME] = str(publish_time_ms)
+    return guarded
 
 
 def make_tick(exchange: str, symbol: str, native_symbol: str, trade_id: str, price: float,
