@@ -293,7 +293,8 @@ def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str, rate:
                    f"--output_dataset={PROJECT}:{DATASET}", f"--mode={args.stream_mode}",
                    f"--timeframes={args.timeframes}", f"--feature_timeframes={args.feature_timeframes}",
                    f"--allowed_lateness_seconds={args.allowed_lateness_seconds}",
-                   "--early_firing_seconds=10", "--idle_timeout_seconds=120"],
+                   "--early_firing_seconds=10", "--idle_timeout_seconds=120",
+                   f"--local_journal_dir={os.path.join(work_dir, f'journal-{rate:g}')}"],
             cwd=REPO, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
         monitor = PeakRssMonitor(pipeline.pid)
         monitor.start()

@@ -139,7 +139,8 @@ def main(argv: list[str]) -> int:
              f"--input_subscription={subscription}",
              f"--output_dataset={PROJECT}:{DATASET}", f"--mode={args.mode}", "--console=true",
              f"--allowed_lateness_seconds={args.allowed_lateness_seconds}",
-             "--early_firing_seconds=10", "--idle_timeout_seconds=120"],
+             "--early_firing_seconds=10", "--idle_timeout_seconds=120",
+             f"--local_journal_dir={os.path.join(workdir, 'journal')}"],
             env=env, start_new_session=True)
         ingest = None
         heartbeat = Heartbeat(topic)

@@ -51,7 +51,7 @@ from apache_beam.transforms.window import GlobalWindows
 from ingest.message import iso_from_us, parse_time_us
 from transforms import schemas
 from transforms.sinks import finalize_row
-from transforms.ticks import dead_letter
+from transforms.dead_letter import dead_letter
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -155,12 +155,13 @@ def view_sql(project: str, dataset: str) -> dict[str, str]:
             f"SELECT '{table}' AS table_name, DATE(COALESCE(timestamp_out, {partition_field})) AS day,"
             f" {_row_bytes_sql(table)} AS row_bytes FROM {source}")
     return {
-        # One row per candle: the highest revision (corrections of late ticks supersede).
+        # One row per candle: the newest job's highest revision (corrections of late ticks, and
+        # a restarted job's replay, supersede).
         "candles_latest": f"""
 SELECT * EXCEPT (revision_rank) FROM (
   SELECT c.*, ROW_NUMBER() OVER (
     PARTITION BY exchange, symbol, timeframe, timestamp_in
-    ORDER BY revision DESC, timestamp_out DESC) AS revision_rank
+    ORDER BY job_start DESC, revision DESC, timestamp_out DESC) AS revision_rank
   FROM {candles} AS c)
 WHERE revision_rank = 1""",
         # The newest candle of every exchange/symbol/timeframe (a live board).
