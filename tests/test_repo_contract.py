@@ -24,8 +24,8 @@ UP = "../"
 _WORD = re.compile(r"[^\s'\"`()<>\[\]{},;=|]+")
 _PATH_CHAR = re.compile(r"[\w.~-]")
 _MARKDOWN_FILE = re.compile(r"(?:^|/)([\w.-]+\.md)$")
-# "SPEC §2", "SPEC §2.4", "SPEC §2, §4 and §6", "docs/spec.md §3"
-_CITATION = re.compile(r"(?:\bSPEC|spec\.md)(?:'s)?\s*(§\s*\d+(?:\.\d+)*(?:\s*(?:,|and|or|&|/)\s*§\s*\d+(?:\.\d+)*)*)")
+# "SPEC §2", "SPEC §2.4", "SPEC §2, §4 and §6", "docs/spec.md §3", "[spec.md](spec.md) §3"
+_CITATION = re.compile(r"(?:\bSPEC|spec\.md\)?)(?:'s)?\s*(§\s*\d+(?:\.\d+)*(?:\s*(?:,|and|or|&|/)\s*§\s*\d+(?:\.\d+)*)*)")
 _SECTION = re.compile(r"§\s*(\d+(?:\.\d+)*)")
 _HEADING = re.compile(r"^#{1,6}\s+(\d+(?:\.\d+)*)\.?\s", re.MULTILINE)
 
@@ -160,5 +160,5 @@ def test_every_spec_citation_names_a_section_of_the_spec() -> None:
 
 
 def test_a_citation_chain_is_read_whole() -> None:
-    chains = [m.group(1) for m in _CITATION.finditer("(SPEC §2, §4 and §6.5) and SPEC's §3.2; spec.md §8.")]
-    assert [_SECTION.findall(chain) for chain in chains] == [["2", "4", "6.5"], ["3.2"], ["8"]]
+    chains = [m.group(1) for m in _CITATION.finditer("(SPEC §2, §4 and §6.5) and SPEC's §3.2; spec.md §8. [spec.md](spec.md) §8.1")]
+    assert [_SECTION.findall(chain) for chain in chains] == [["2", "4", "6.5"], ["3.2"], ["8"], ["8.1"]]
