@@ -60,7 +60,7 @@ def _inside(base: str, relative: str) -> bool:
 def outside_references(name: str, line: str) -> list[str]:
     """The words of one line of file ``name`` that point outside the repository.
 
-    - an absolute path under the machine root (not a URL's path: ``https://host/work/`` is fine);
+    - an absolute path under the machine root (a URL whose path starts the same way is fine);
     - a relative path whose ``..`` steps leave the repository from the file's directory;
     - a path through a folder named like the development machine's shared folder that the
       repository does not have (read from the root or from the file's directory).
