@@ -353,7 +353,7 @@ def _deliveries() -> dict[str, list[tuple[bytes, dict[str, str]]]]:
     return {"once_in_order": once, "duplicated_shuffled": twice, "rebatched_redelivered": rebatched}
 
 
-PROCESSING_TIME_COLUMNS = ("timestamp_out", "latency_ms", "publish_time")
+PROCESSING_TIME_COLUMNS = ("timestamp_out", "latency_ms", "publish_time", "job_start")
 
 
 def _same_up_to_rounding(value: Any) -> Any:
