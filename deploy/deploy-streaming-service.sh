@@ -44,6 +44,8 @@
 #   --use-docker                build with local docker instead of Cloud Build (needs
 #                               `gcloud auth configure-docker REGION-docker.pkg.dev` once)
 #   --update                    template-run replaces the running job of the same name
+#   --transform-name-mappings OLD=NEW[,OLD=NEW]  with --update: steps renamed since the running job
+#                               (name prefixes as in tests/dataflow_step_names.txt; docs/runbook.md)
 #   --dry-run                   print every gcloud/bq/docker command instead of running it
 set -euo pipefail
 
@@ -85,6 +87,7 @@ INGEST_SERVICE_ACCOUNT=""
 BUILD_SERVICE_ACCOUNT=""
 USE_DOCKER=0
 UPDATE=0
+TRANSFORM_NAME_MAPPINGS=""
 DRY_RUN=0
 JOB_ID=""
 STEPS=()
@@ -116,6 +119,7 @@ while (($#)); do
     --build-service-account) BUILD_SERVICE_ACCOUNT="${2:?--build-service-account needs a value}"; shift 2 ;;
     --use-docker) USE_DOCKER=1; shift ;;
     --update) UPDATE=1; shift ;;
+    --transform-name-mappings) TRANSFORM_NAME_MAPPINGS="${2:?--transform-name-mappings needs a value}"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --*) die "unknown flag $1 (see --help)" ;;
@@ -143,6 +147,11 @@ epoch_seconds() { date -u -d "$1" +%s 2>/dev/null || die "not a valid date/time:
 if [[ -n "${FROM_DATE}" && -n "${TO_DATE}" ]]; then
   (( $(epoch_seconds "${FROM_DATE}") < $(epoch_seconds "${TO_DATE}") )) \
     || die "--from must be before --to, got [${FROM_DATE}, ${TO_DATE})"
+fi
+if [[ -n "${TRANSFORM_NAME_MAPPINGS}" ]]; then
+  ((UPDATE)) || die "--transform-name-mappings only applies to an update (--update)"
+  [[ "${TRANSFORM_NAME_MAPPINGS}" =~ ^[^=,]+=[^=,]+(,[^=,]+=[^=,]+)*$ ]] \
+    || die "--transform-name-mappings must look like Old/Step=New/Step[,Old=New], got '${TRANSFORM_NAME_MAPPINGS}'"
 fi
 SA_EMAIL='^[a-z0-9][-a-z0-9]{0,62}@[-a-z0-9.]+\.gserviceaccount\.com$'
 for account in "${SERVICE_ACCOUNT}" "${INGEST_SERVICE_ACCOUNT}" "${BUILD_SERVICE_ACCOUNT}"; do
@@ -415,6 +424,7 @@ step_template_run() {
   parameters+="~sdk_container_image=${TEMPLATE_IMAGE}"
   local extra=()
   ((UPDATE)) && extra+=(--update)
+  [[ -n "${TRANSFORM_NAME_MAPPINGS}" ]] && extra+=(--transform-name-mappings "${TRANSFORM_NAME_MAPPINGS}")
   run gcloud dataflow flex-template run "${JOB_NAME}" \
     --template-file-gcs-location "${TEMPLATE_SPEC}" \
     --region "${REGION}" --project "${PROJECT}" \

@@ -33,6 +33,7 @@ BUILD_SERVICE_ACCOUNT ?=
 USE_DOCKER ?=
 NODEJS ?=
 UPDATE ?=
+TRANSFORM_NAME_MAPPINGS ?=
 DRY_RUN ?=
 
 DEPLOY_FLAGS = --mode $(MODE) --symbol $(SYMBOL) --exchange $(EXCHANGE) --duration $(DURATION) \
@@ -45,7 +46,8 @@ DEPLOY_FLAGS = --mode $(MODE) --symbol $(SYMBOL) --exchange $(EXCHANGE) --durati
 	$(if $(INGEST_SERVICE_ACCOUNT),--ingest-service-account $(INGEST_SERVICE_ACCOUNT)) \
 	$(if $(BUILD_SERVICE_ACCOUNT),--build-service-account $(BUILD_SERVICE_ACCOUNT)) \
 	$(if $(USE_DOCKER),--use-docker) $(if $(NODEJS),--nodejs) \
-	$(if $(UPDATE),--update) $(if $(DRY_RUN),--dry-run)
+	$(if $(UPDATE),--update) $(if $(TRANSFORM_NAME_MAPPINGS),--transform-name-mappings $(TRANSFORM_NAME_MAPPINGS)) \
+	$(if $(DRY_RUN),--dry-run)
 
 .PHONY: deploy gcp-apis gcp-infra gcp-iam image template-build template-run template-update ingest-run \
 	ingest-stop deploy-status drain cancel

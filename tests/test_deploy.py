@@ -184,9 +184,11 @@ def test_local_docker_build(sandbox_path: tuple[str, Path]) -> None:
 def test_update_drain_cancel_status(sandbox_path: tuple[str, Path]) -> None:
     commands = dry_run(sandbox_path, "template-run", "drain", "cancel", "status", "stop-ingest",
                        "--project", PROJECT, "--mode", "both", "--update", "--max-workers", "7",
-                       "--service-account", "mds@quant-research-prod.iam.gserviceaccount.com")
+                       "--service-account", "mds@quant-research-prod.iam.gserviceaccount.com",
+                       "--transform-name-mappings", "MarketData/Candles=MarketData/OHLCV")
     launch = find(commands, "gcloud", "dataflow", "flex-template", "run")[0]
     assert "--update" in launch and flag(launch, "--max-workers") == "7"
+    assert flag(launch, "--transform-name-mappings") == "MarketData/Candles=MarketData/OHLCV"
     assert flag(launch, "--service-account-email") == "mds@quant-research-prod.iam.gserviceaccount.com"
     lookups = find(commands, "gcloud", "dataflow", "jobs", "list")
     assert any(flag(c, "--filter") == "name=mds-both" for c in lookups)
@@ -223,6 +225,8 @@ def test_no_project_in_dry_run_uses_a_placeholder(sandbox_path: tuple[str, Path]
     (["--from", "2024-03-01", "--to", "2024-03-02"], "--from/--to only apply to --source tardis"),
     (["--service-account", "mds-dataflow"], "not a service account email: 'mds-dataflow'"),
     (["--ingest-service-account", "me@gmail.com"], "not a service account email"),
+    (["--transform-name-mappings", "A=B"], "only applies to an update"),
+    (["--update", "--transform-name-mappings", "A"], "must look like Old/Step=New/Step"),
     (["--project", "Bad_Project"], "is not a valid project id"),
     (["--max-workers", "0"], "--max-workers must be a positive integer"),
     (["--frobnicate"], "unknown flag --frobnicate"),

@@ -400,13 +400,16 @@ def _command_shape(argv: list[str]) -> tuple[str, ...]:
     return tuple(argv[1:4]) + tuple(sorted({t.split("=", 1)[0] for t in argv if t.startswith("--")}))
 
 
-def _emitted_gcloud_commands(tmp_path: Path) -> list[list[str]]:
+@pytest.fixture(scope="module")
+def emitted(tmp_path_factory: pytest.TempPathFactory) -> list[list[str]]:
     """Every gcloud command of a full dry run, every operation, and the calls only a real run makes."""
+    tmp_path = tmp_path_factory.mktemp("emitted")
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), **PYTHON_ENV}
     printed: list[list[str]] = []
     for args in (["deploy", "drain", "cancel", "status", "stop-ingest", "--mode", "both", "--nodejs", "--update",
                   "--source", "tardis", "--tardis-secret", "k", "--from", "2024-03-01", "--to", "2024-03-02",
-                  "--service-account", "mds@x-project.iam.gserviceaccount.com"],
+                  "--service-account", "mds@x-project.iam.gserviceaccount.com",
+                  "--transform-name-mappings", "MarketData/Candles=MarketData/OHLCV,ReadTicks=ReadMessages"],
                  ["iam", "--mode", "ticks"]):
         out = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--project", PROJECT, *args], env=env,
                              capture_output=True, text=True, timeout=120, check=True).stdout
@@ -425,11 +428,11 @@ def _emitted_gcloud_commands(tmp_path: Path) -> list[list[str]]:
     return list(unique.values())
 
 
-def test_every_gcloud_command_is_accepted_by_the_real_gcloud(tmp_path: Path) -> None:
+def test_every_gcloud_command_is_accepted_by_the_real_gcloud(emitted: list[list[str]], tmp_path: Path) -> None:
     """Each command, as emitted, goes through the installed gcloud: flags parsed, values validated,
     files read, request sent (to the fake). Exit code 2 is gcloud's usage error."""
     assert shutil.which("gcloud"), "the Google Cloud CLI is part of the toolchain"
-    commands = _emitted_gcloud_commands(tmp_path)
+    commands = emitted
     assert len(commands) >= 30
 
     def check(index_argv: tuple[int, list[str]]) -> Optional[str]:
@@ -447,13 +450,10 @@ def test_every_gcloud_command_is_accepted_by_the_real_gcloud(tmp_path: Path) -> 
     assert failures == []
 
 
-def test_the_subscription_request_carries_the_guard_exactly(tmp_path: Path) -> None:
+def test_the_subscription_request_carries_the_guard_exactly(emitted: list[list[str]], tmp_path: Path) -> None:
     """What the real gcloud makes of the generated transforms file: the API's MessageTransform."""
-    stub = StubCli(tmp_path / "stub")
-    assert stub.run(SCRIPT, "infra", "--project", PROJECT, env=PYTHON_ENV).returncode == 0
-    create = find(stub.calls(), "gcloud", "pubsub", "subscriptions", "create")[0]
-    update = ["gcloud", "pubsub", "subscriptions", "update", create[4], "--project", PROJECT,
-              "--message-transforms-file", flag(create, "--message-transforms-file")]
+    create = next(c for c in emitted if c[:4] == ["gcloud", "pubsub", "subscriptions", "create"])
+    update = next(c for c in emitted if c[:4] == ["gcloud", "pubsub", "subscriptions", "update"])
     expected = [{"javascriptUdf": {"functionName": "guardEventTime", "code": GUARD_JS.read_text()}}]
     with FakeGoogleApis() as fake:
         env = real_gcloud_env(fake, tmp_path / "config")
@@ -464,3 +464,31 @@ def test_the_subscription_request_carries_the_guard_exactly(tmp_path: Path) -> N
     assert sent["PUT"]["topic"] == f"projects/{PROJECT}/topics/mds-ticks"
     assert sent["PATCH"]["subscription"]["messageTransforms"] == expected
     assert sent["PATCH"]["updateMask"] == "messageTransforms"
+
+
+def test_the_launch_request_carries_parameters_environment_and_mappings(tmp_path: Path) -> None:
+    """The real gcloud's reading of the deploy's launch: `^~^` keeps commas inside values, the
+    runtime environment and the update's name mappings go to the Flex Template launch."""
+    out = subprocess.run(
+        ["bash", str(SCRIPT), "template-run", "--dry-run", "--project", PROJECT, "--mode", "candles", "--update",
+         "--max-workers", "5", "--machine-type", "n2-highmem-4", "--tag", "v7",
+         "--transform-name-mappings", "MarketData/Candles=MarketData/OHLCV,ReadTicks=ReadMessages"],
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), **PYTHON_ENV},
+        capture_output=True, text=True, timeout=60, check=True).stdout
+    launch = shlex.split(next(line for line in out.splitlines() if "flex-template run" in line))
+    launch[launch.index("--parameters") + 1] += "~timeframes=1m,5m,4h"
+    with FakeGoogleApis() as fake:
+        subprocess.run(launch, env=real_gcloud_env(fake, tmp_path / "config"), capture_output=True, text=True,
+                       timeout=180)
+        (request,) = [r for r in fake.requests if "flexTemplates:launch" in r.url]
+    parameter = request.json()["launchParameter"]
+    assert parameter["jobName"] == "mds-candles" and parameter["update"] is True
+    assert parameter["containerSpecGcsPath"] == f"gs://{PROJECT}-mds/templates/mds-streaming-v7.json"
+    assert parameter["parameters"]["timeframes"] == "1m,5m,4h"
+    assert parameter["parameters"]["input_subscription"] == f"projects/{PROJECT}/subscriptions/mds-ticks-dataflow-candles"
+    assert parameter["transformNameMappings"] == {"MarketData/Candles": "MarketData/OHLCV", "ReadTicks": "ReadMessages"}
+    environment = parameter["environment"]
+    assert environment["maxWorkers"] == 5 and environment["machineType"] == "n2-highmem-4"
+    assert environment["enableStreamingEngine"] is True
+    assert environment["serviceAccountEmail"] == WORKER.split(":", 1)[1]
+    assert environment["stagingLocation"] == f"gs://{PROJECT}-mds/staging"
