@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterable
@@ -43,6 +46,24 @@ def template_parameters(mode: str, source: str) -> dict[str, str]:
     else:
         parameters["input_file"] = f"gs://{BUCKET}/trades/2024-03-01.csv.gz"
     return parameters
+
+
+def deploy_launch(mode: str) -> list[str]:
+    """The `gcloud dataflow flex-template run` command deploy-streaming-service.sh emits for these
+    names (its --dry-run output)."""
+    result = subprocess.run(
+        ["bash", str(REPO / "deploy" / "deploy-streaming-service.sh"), "template-run", "--dry-run",
+         "--project", PROJECT, "--region", REGION, "--mode", mode, "--tag", "graph"],
+        env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=60, check=True)
+    return shlex.split(next(line for line in result.stdout.splitlines() if "flex-template run" in line))
+
+
+def launch_parameters(launch: list[str]) -> dict[str, str]:
+    """The --parameters of a launch command, written `^~^name=value~name=value`."""
+    value = launch[launch.index("--parameters") + 1]
+    if not value.startswith("^~^"):
+        raise ValueError(f"parameters without the ^~^ delimiter: {value}")
+    return dict(item.split("=", 1) for item in value[3:].split("~"))
 
 
 def runner_options(job_name: str) -> list[str]:

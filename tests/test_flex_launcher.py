@@ -16,12 +16,11 @@ import importlib.util
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 from apache_beam.portability import common_urns
@@ -85,16 +84,11 @@ def image_workdir(root: Path) -> tuple[Path, dict[str, str]]:
     return local, resolved
 
 
-def deploy_launch(config: str, tmp_path: Path) -> list[str]:
-    """The `gcloud dataflow flex-template run` command the deploy script emits; for a file, the
-    same launch with the runbook's backfill parameters (bounded: no Streaming Engine)."""
+def deploy_launch(config: str) -> list[str]:
+    """The deploy's `gcloud dataflow flex-template run`; for a file, the same launch with the
+    runbook's backfill parameters (bounded: no Streaming Engine)."""
     source, mode = config.split("/")
-    result = subprocess.run(
-        ["bash", str(REPO / "deploy" / "deploy-streaming-service.sh"), "template-run", "--dry-run",
-         "--project", graph.PROJECT, "--region", graph.REGION, "--mode", mode, "--tag", "graph"],
-        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHON": sys.executable},
-        capture_output=True, text=True, timeout=60, check=True)
-    launch = shlex.split(next(line for line in result.stdout.splitlines() if "flex-template run" in line))
+    launch = graph.deploy_launch(mode)
     if source == "file":
         launch.remove("--enable-streaming-engine")
         backfill = graph.template_parameters(mode, source)
@@ -118,10 +112,8 @@ def launcher_argv(launch: list[str], setup_file: str, parameters: dict[str, str]
 
 def template_parameters(launch: list[str]) -> dict[str, str]:
     """metadata.json defaults, then the launch's own (a new parameter joins by itself)."""
-    given = launch[launch.index("--parameters") + 1]
-    assert given.startswith("^~^")
     parameters = {p["name"]: p["defaultValue"] for p in METADATA["parameters"] if "defaultValue" in p}
-    parameters.update(item.split("=", 1) for item in given[3:].split("~"))
+    parameters.update(graph.launch_parameters(launch))
     required = {p["name"] for p in METADATA["parameters"] if not p["isOptional"]}
     assert required <= set(parameters), "the deploy must pass every required parameter"
     return parameters
@@ -138,7 +130,7 @@ def test_main_py_launches_like_the_flex_template_launcher(config: str, emulator:
                                                           tmp_path: Path) -> None:
     streaming, mode = config.startswith("pubsub/"), config.split("/")[1]
     workdir, flex_env = image_workdir(tmp_path)
-    launch = deploy_launch(config, tmp_path)
+    launch = deploy_launch(config)
     parameters = template_parameters(launch)
     argv = launcher_argv(launch, flex_env["FLEX_TEMPLATE_PYTHON_SETUP_FILE"], parameters)
     observer, capture = tmp_path / "observer", tmp_path / "capture"
