@@ -20,13 +20,19 @@ from apache_beam.pvalue import PCollection
 
 from ingest.files import iter_chunks
 from pipelines.options import MarketDataOptions
-from transforms.bigquery import (WriteRowsToBigQuery, ensure_tables, ensure_views, make_client,
-                                 split_dataset_ref)
+from transforms.bigquery import (
+    WriteRowsToBigQuery,
+    ensure_tables,
+    ensure_views,
+    make_client,
+    split_dataset_ref,
+)
 from transforms.candles import CandlesFromTicks, parse_timeframes
+from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
+from transforms.global_flatten import GlobalFlatten
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
 from transforms.sequencer import SequenceCandles
 from transforms.sinks import FinalizeRowsFn, PrintCandlesFn, WriteJsonLines
-from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.tick_guard import GuardTicks
 from transforms.ticks import ParseTicks, TickBatch, tick_rows
 
@@ -135,7 +141,7 @@ class MarketData(beam.PTransform):
                 lateness, self._bounded, self._job_start_us)
             candles = sequenced.rows
             failures += [panes.dead_letter, sequenced[DEAD_LETTER_TAG]]
-        dead_letter = failures | "AllDeadLetters" >> beam.Flatten()
+        dead_letter = tuple(failures) | "AllDeadLetters" >> GlobalFlatten()
         return PipelineOutputs(ticks, candles, dead_letter)
 
 

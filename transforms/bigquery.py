@@ -50,8 +50,8 @@ from apache_beam.transforms.window import GlobalWindows
 
 from ingest.message import iso_from_us, parse_time_us
 from transforms import schemas
-from transforms.sinks import finalize_row
 from transforms.dead_letter import dead_letter
+from transforms.sinks import finalize_row
 
 _LOGGER = logging.getLogger(__name__)
 

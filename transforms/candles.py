@@ -17,6 +17,7 @@ from apache_beam.utils.timestamp import Duration
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
+from transforms.global_flatten import GlobalFlatten
 from transforms.ticks import BUCKET_US, TickBatch, is_canonical_number
 
 PANE_INDEX = "pane_index"
@@ -259,7 +260,7 @@ class CandlesFromTicks(beam.PTransform):
                         | "Label" >> beam.ParDo(CandleFromKeyFn(timeframes)).with_outputs(
                             DEAD_LETTER_TAG, main="candles"))
             return CandlePanes(labelled.candles, (labelled[DEAD_LETTER_TAG], *failures)
-                               | "CandleFailures" >> beam.Flatten())
+                               | "CandleFailures" >> GlobalFlatten())
         per_timeframe = []
         for label, seconds in self._timeframes:
             labelled = (summaries.summaries
@@ -273,8 +274,8 @@ class CandlesFromTicks(beam.PTransform):
                             DEAD_LETTER_TAG, main="candles"))
             per_timeframe.append(labelled.candles)
             failures.append(labelled[DEAD_LETTER_TAG])
-        return CandlePanes(per_timeframe | "AllTimeframes" >> beam.Flatten(),
-                           failures | "CandleFailures" >> beam.Flatten())
+        return CandlePanes(tuple(per_timeframe) | "AllTimeframes" >> GlobalFlatten(),
+                           tuple(failures) | "CandleFailures" >> GlobalFlatten())
 
 
 class CandlePanes(NamedTuple):

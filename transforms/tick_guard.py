@@ -17,12 +17,17 @@ import apache_beam as beam
 from apache_beam.coders import PickleCoder, VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import (
+    ReadModifyWriteStateSpec,
+    TimerSpec,
+    on_timer,
+)
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from ingest import message as wire
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter, dead_letter_on_error
+from transforms.global_flatten import GlobalFlatten
 from transforms.late_ticks import JudgeByPane
 from transforms.seen_ids import SeenIds
 from transforms.ticks import BUCKET_US, MarketKey, TickBatch
@@ -133,5 +138,5 @@ class GuardTicks(beam.PTransform):
         late = judged.late | "LateToDeadLetter" >> beam.ParDo(LateTicksToDeadLetterFn()).with_outputs(
             DEAD_LETTER_TAG, main="rows")
         dead = ((late.rows, late[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG], judged.dead_letter)
-                | "GuardDeadLetters" >> beam.Flatten())
+                | "GuardDeadLetters" >> GlobalFlatten())
         return GuardedTicks(judged.on_time, dead)
