@@ -26,13 +26,8 @@ import numpy as np
 
 from ingest.files import iter_ticks
 from ingest.message import iso_from_us, parse_time_us
-from pipelines.local_stack import (
-    BigQueryEmulator,
-    PubSubEmulator,
-    _terminate_group,
-    ensure_topic_and_subscription,
-    pubsub_env,
-)
+from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
+                                   ensure_topic_and_subscription, pubsub_env)
 from pipelines.replay import SAMPLE
 from transforms.bigquery import ensure_tables, ensure_views, make_client
 

@@ -20,13 +20,8 @@ from apache_beam.pvalue import PCollection
 
 from ingest.files import iter_chunks
 from pipelines.options import MarketDataOptions
-from transforms.bigquery import (
-    WriteRowsToBigQuery,
-    ensure_tables,
-    ensure_views,
-    make_client,
-    split_dataset_ref,
-)
+from transforms.bigquery import (WriteRowsToBigQuery, ensure_tables, ensure_views, make_client,
+                                 split_dataset_ref)
 from transforms.candles import CandlesFromTicks, parse_timeframes
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.global_flatten import GlobalFlatten

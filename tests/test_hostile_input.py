@@ -12,16 +12,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from ingest.message import encode_message
 from pipelines.local_pubsub import stamped as read_stamped
-from tests.pipeline_helpers import (
-    SECOND_US,
-    T0_US,
-    by_timeframe,
-    message,
-    options,
-    run_market_data,
-    stamped,
-    tick,
-)
+from tests.pipeline_helpers import (SECOND_US, T0_US, by_timeframe, message, options,
+                                    run_market_data, stamped, tick)
 from transforms.dead_letter import DEAD_LETTER_TAG
 from transforms.ticks import ParseTicksFn
 

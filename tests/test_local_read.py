@@ -19,20 +19,11 @@ from typing import Any
 import pytest
 
 from ingest.message import encode_message
-from pipelines.local_stack import (
-    BigQueryEmulator,
-    PubSubEmulator,
-    _terminate_group,
-    ensure_topic_and_subscription,
-    pubsub_env,
-)
+from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
+                                   ensure_topic_and_subscription, pubsub_env)
 from tests.pipeline_helpers import SECOND_US, tick
-from tests.reliability_helpers import (
-    CANDLE_COLUMNS,
-    latest_traded_candles,
-    replay_reference_candles,
-    wait_until,
-)
+from tests.reliability_helpers import (CANDLE_COLUMNS, latest_traded_candles,
+                                       replay_reference_candles, wait_until)
 from transforms.bigquery import make_client
 
 PROJECT, DATASET = "local-project", "market_data"
