@@ -19,7 +19,7 @@ from typing import Any, Iterator, NamedTuple
 import apache_beam as beam
 from apache_beam.coders.coders import IntervalWindowCoder
 from apache_beam.transforms import trigger, window
-from apache_beam.transforms.window import (IntervalWindow, NonMergingWindowFn, TimestampedValue)
+from apache_beam.transforms.window import IntervalWindow, NonMergingWindowFn, TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
