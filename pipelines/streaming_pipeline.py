@@ -1,33 +1,34 @@
 """The market-data pipeline: ticks in (Pub/Sub, or a file), ticks and/or candles out.
 
 ``build_pipeline`` extends a Pipeline and is shared by every way of running it: ``mds run``
-(streaming, Pub/Sub), ``mds replay`` (bounded file replay on the DirectRunner), the Flex Template
-(``templates/main.py``) and the tests.
+(streaming, Pub/Sub), ``mds replay`` and ``mds backfill`` (bounded: files, in parallel), the Flex
+Template (``templates/main.py``, streaming or bounded) and the tests.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Optional
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 
-from ingest.files import FORMAT_TARDIS_CSV, iter_records, iter_tardis_columns, sniff_format
+from ingest.message import parse_time_us
 from pipelines.options import MarketDataOptions
+from pipelines.read_files import ReadTickFiles
 from transforms.bigquery import (WriteRowsToBigQuery, ensure_tables, ensure_views, make_client,
                                  split_dataset_ref)
+from transforms.bounded import CountPerDaySymbolFn, KeepRangeFn
 from transforms.candles import CandlesFromTicks, parse_timeframes
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
 from transforms.sequencer import SequenceCandles
-from transforms.sinks import FinalizeRowsFn, PrintCandlesFn, WriteJsonLines
-from transforms.ticks import DedupTicks, LateTicksToDeadLetterFn, ParseTicks, tick_rows
+from transforms.sinks import FinalizeRowsFn, PrintCandlesFn, WriteJsonLines, WriteRowFiles
+from transforms.ticks import (DEAD_LETTER_TAG, DedupTicks, LateTicksToDeadLetterFn, ParseTicks,
+                              tick_rows)
 
-CSV_CHUNK_TICKS = 2_000  # ticks per element when replaying CSV files
 # Downstream windows keep this much more lateness than the tick guard, so a tick the guard lets
 # through is never dropped by a window that closed a moment earlier.
 LATENESS_MARGIN_SECONDS = 60
@@ -35,59 +36,21 @@ LATENESS_MARGIN_SECONDS = 60
 LATE_TICK_MEMORY_SECONDS = 86_400
 
 
-class ReadTickFileFn(beam.DoFn):
-    """A trades file path → elements ParseTicksFn understands: JSONL lines, Tardis CSV column
-    chunks, or record chunks of other CSVs."""
-
-    def __init__(self, chunk_size: int = CSV_CHUNK_TICKS, progress_total: Optional[int] = None) -> None:
-        self._chunk_size = chunk_size
-        self._progress_total = progress_total
-
-    def process(self, path: str) -> Iterator[Any]:
-        from tqdm import tqdm
-
-        with tqdm(total=self._progress_total, disable=not self._progress_total, unit="ticks",
-                  unit_scale=True, desc="replay", file=sys.stderr, leave=False) as progress:
-            for element, ticks in self._elements(path):
-                yield element
-                progress.update(ticks)
-
-    def _elements(self, path: str) -> Iterator[tuple[Any, int]]:
-        """(element, ticks it holds) pairs of the file."""
-        if sniff_format(path) == FORMAT_TARDIS_CSV:  # the columnar fast path
-            for columns in iter_tardis_columns(path):
-                yield columns, columns.num_rows
-            return
-        chunk: list[Any] = []
-        for record in iter_records(path):
-            if isinstance(record, str):
-                yield record, 1
-                continue
-            chunk.append(record)
-            if len(chunk) >= self._chunk_size:
-                yield chunk, len(chunk)
-                chunk = []
-        if chunk:
-            yield chunk, len(chunk)
-
-
 class ReadTicks(beam.PTransform):
-    """Raw tick input: Pub/Sub messages (event time from the ``ts`` attribute) or a file."""
+    """Raw tick input: Pub/Sub messages (event time from the ``ts`` attribute) or files."""
 
     def __init__(self, input_subscription: Optional[str], input_file: Optional[str],
-                 progress_total: Optional[int] = None) -> None:
+                 progress_dir: Optional[str] = None) -> None:
         super().__init__()
         if bool(input_subscription) == bool(input_file):
             raise ValueError("give exactly one of --input_subscription and --input_file")
         self._subscription = input_subscription
         self._file = input_file
-        self._progress_total = progress_total
+        self._progress_dir = progress_dir
 
     def expand(self, begin: beam.pvalue.PBegin) -> PCollection:
         if self._file:
-            return (begin
-                    | "FilePath" >> beam.Create([self._file])
-                    | "ReadFile" >> beam.ParDo(ReadTickFileFn(progress_total=self._progress_total)))
+            return begin | "ReadFiles" >> ReadTickFiles(self._file, self._progress_dir)
         return begin | "ReadPubSub" >> beam.io.ReadFromPubSub(
             subscription=self._subscription, timestamp_attribute="ts", with_attributes=True)
 
@@ -108,14 +71,21 @@ class MarketData(beam.PTransform):
         super().__init__()
         self._options = options
         self._bounded = bounded
+        self._start_us, self._end_us = time_range(options) if bounded else (None, None)
 
     def expand(self, messages: PCollection) -> PipelineOutputs:
         opts = self._options
         parsed = messages | "ParseTicks" >> ParseTicks(opts.max_future_seconds)
-        guarded = parsed.ticks | "DedupTicks" >> DedupTicks(opts.allowed_lateness_seconds,
-                                                            LATE_TICK_MEMORY_SECONDS, self._bounded)
+        keyed, dead_letters = parsed.ticks, [parsed.dead_letter]
+        if self._start_us is not None or self._end_us is not None:
+            in_range = keyed | "KeepRange" >> beam.ParDo(
+                KeepRangeFn(self._start_us, self._end_us)).with_outputs(DEAD_LETTER_TAG, main="ticks")
+            keyed = in_range.ticks
+            dead_letters.append(in_range[DEAD_LETTER_TAG])
+        guarded = keyed | "DedupTicks" >> DedupTicks(opts.allowed_lateness_seconds,
+                                                     LATE_TICK_MEMORY_SECONDS, self._bounded)
         late_rows = guarded.late | "LateToDeadLetter" >> beam.ParDo(LateTicksToDeadLetterFn())
-        dead_letter = (parsed.dead_letter, late_rows) | "AllDeadLetters" >> beam.Flatten()
+        dead_letter = (*dead_letters, late_rows) | "AllDeadLetters" >> beam.Flatten()
         ticks = candles = None
         if opts.mode in ("ticks", "both"):
             ticks = guarded.unique | "TickRows" >> beam.Map(lambda batch: list(tick_rows(batch)))
@@ -134,18 +104,34 @@ class MarketData(beam.PTransform):
                        | "SequenceCandles" >> SequenceCandles(
                            timeframes, feature_timeframes, opts.gap_candles,
                            opts.idle_timeout_seconds,
-                           opts.allowed_lateness_seconds + LATENESS_MARGIN_SECONDS, self._bounded))
+                           opts.allowed_lateness_seconds + LATENESS_MARGIN_SECONDS, self._bounded,
+                           self._end_us))
+        if self._bounded:  # the per day and symbol summary of a backfill
+            guarded.unique | "CountTicks" >> beam.ParDo(CountPerDaySymbolFn("ticks"))
+            dead_letter | "CountDeadLetters" >> beam.ParDo(CountPerDaySymbolFn("dead_letters"))
+            if candles is not None:
+                candles | "CountCandles" >> beam.ParDo(CountPerDaySymbolFn("candles"))
         return PipelineOutputs(ticks, candles, dead_letter)
 
 
+def time_range(opts: MarketDataOptions) -> tuple[Optional[int], Optional[int]]:
+    """(start, end) µs of a bounded run's requested range (--start_time, --end_time), or None."""
+    start, end = ((parse_time_us(text) if text else None) for text in (opts.start_time, opts.end_time))
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"--end_time {opts.end_time} is not after --start_time {opts.start_time}")
+    return start, end
+
+
 def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
-                   progress_total: Optional[int] = None,
+                   progress_dir: Optional[str] = None,
                    console_timeframes: Optional[set[str]] = None) -> PipelineOutputs:
     """Adds the whole job (read, transform, write every configured sink) to ``pipeline``."""
     opts = options.view_as(MarketDataOptions)
     bounded = bool(opts.input_file)
+    if opts.output_dir and opts.output_format != "jsonl" and not bounded:
+        raise ValueError("--output_format=parquet needs a bounded run (--input_file)")
     messages = pipeline | "ReadTicks" >> ReadTicks(opts.input_subscription, opts.input_file,
-                                                    progress_total)
+                                                    progress_dir)
     outputs = messages | "MarketData" >> MarketData(opts, bounded)
     tables = {TICKS_TABLE: outputs.ticks, CANDLES_TABLE: outputs.candles,
               DEAD_LETTER_TABLE: outputs.dead_letter}
@@ -155,13 +141,19 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
         batched = table == TICKS_TABLE
         if opts.output_dir:
             single_rows = rows | "UnbatchTickRows" >> beam.FlatMap(lambda batch: batch) if batched else rows
-            single_rows | f"Write{table}Jsonl" >> WriteJsonLines(opts.output_dir, table)
+            if bounded:
+                single_rows | f"Write{table}Files" >> WriteRowFiles(opts.output_dir, table,
+                                                                    opts.output_format)
+            else:
+                single_rows | f"Write{table}Jsonl" >> WriteJsonLines(opts.output_dir, table)
         if opts.output_dataset:
+            # historical rows (bounded) carry no latency: they stay out of the latency views
             rows | f"Write{table}BigQuery" >> WriteRowsToBigQuery(table, opts.output_dataset,
-                                                                   batched=batched)
+                                                                   batched=batched,
+                                                                   with_latency=not bounded)
     if outputs.candles is not None and opts.output_topic:
         (outputs.candles
-         | "CandleMessages" >> beam.ParDo(FinalizeRowsFn(CANDLES_TABLE))
+         | "CandleMessages" >> beam.ParDo(FinalizeRowsFn(CANDLES_TABLE, with_latency=not bounded))
          | "CandleJson" >> beam.Map(lambda row: json.dumps(row, separators=(",", ":")).encode("utf-8"))
          | "PublishCandles" >> beam.io.WriteToPubSub(opts.output_topic))
     if outputs.candles is not None and console_timeframes:

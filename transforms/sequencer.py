@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -76,7 +76,9 @@ class SequenceCandlesFn(beam.DoFn):
     """Keyed by (exchange, symbol, timeframe); candles in, ordered candle rows with features out.
 
     ``bounded`` (file replay): all input arrives before the watermark moves, so one flush at the
-    end of time replaces the per-window timer chain a stream needs.
+    end of time replaces the per-window timer chain a stream needs. That flush is not a moment of
+    the data: trailing gap candles stop at ``end_us`` (the requested range's end), or without one
+    at each series' last candle with trades, so a bounded run emits no candle after its input.
     """
 
     PENDING = BagStateSpec("pending", PickleCoder())  # final candles the watermark has not released
@@ -88,13 +90,14 @@ class SequenceCandlesFn(beam.DoFn):
 
     def __init__(self, timeframe_seconds: dict[str, int], feature_timeframes: set[str],
                  gap_candles: bool, idle_timeout_seconds: int, allowed_lateness_seconds: int,
-                 bounded: bool) -> None:
+                 bounded: bool, end_us: Optional[int] = None) -> None:
         self._timeframe_us = {label: s * 1_000_000 for label, s in timeframe_seconds.items()}
         self._feature_timeframes = set(feature_timeframes)
         self._gap_candles = gap_candles
         self._idle_us = idle_timeout_seconds * 1_000_000
         self._lateness_us = allowed_lateness_seconds * 1_000_000
         self._bounded = bounded
+        self._end_us = end_us
         self.corrections = Metrics.counter("candles", "corrected_candles")
         self.gaps = Metrics.counter("candles", "gap_candles")
         self.too_old = Metrics.counter("candles", "corrections_beyond_history")
@@ -191,7 +194,7 @@ class SequenceCandlesFn(beam.DoFn):
         if series is None:  # nothing released, or the key went idle and nothing started anew
             series_state.clear()
             return
-        yield from self._fill_gaps(series, now_us, early, trailing=True)
+        yield from self._fill_gaps(series, self._trailing_until(series, now_us), early, trailing=True)
         idle_at = series.last_trade_us + self._idle_us
         # Forget a silent key, but not while a late pane may still correct its last candle.
         forget_at = max(idle_at, series.next_start_us + self._lateness_us)
@@ -211,6 +214,13 @@ class SequenceCandlesFn(beam.DoFn):
         next_flush = min(wake_ups)
         flush.set(Timestamp(micros=next_flush))
         flush_at.write(next_flush)
+
+    def _trailing_until(self, series: SeriesState, now_us: int) -> int:
+        """Until when trailing gap candles run: the watermark in a stream; in a bounded run the
+        range's end, or the end of the series' last candle (no trailing gaps)."""
+        if not self._bounded:
+            return now_us
+        return self._end_us if self._end_us is not None else series.next_start_us
 
     def _initial_features(self, timeframe: str) -> Any:
         """The incremental feature state, for a stream; a bounded series is done in one go."""
@@ -325,10 +335,10 @@ class SequenceCandles(beam.PTransform):
 
     def __init__(self, timeframes: list[tuple[str, int]], feature_timeframes: set[str],
                  gap_candles: bool, idle_timeout_seconds: int, allowed_lateness_seconds: int,
-                 bounded: bool) -> None:
+                 bounded: bool, end_us: Optional[int] = None) -> None:
         super().__init__()
         self._fn = SequenceCandlesFn(dict(timeframes), feature_timeframes, gap_candles,
-                                     idle_timeout_seconds, allowed_lateness_seconds, bounded)
+                                     idle_timeout_seconds, allowed_lateness_seconds, bounded, end_us)
 
     def expand(self, candles: beam.PCollection) -> beam.PCollection:
         return (candles
