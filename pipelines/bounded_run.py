@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.progress import ProgressBars
 from pipelines.read_files import match_files
@@ -55,7 +55,7 @@ class BoundedRun:
     progress: bool = True
     console_timeframes: Optional[set[str]] = None
     merge_tables: tuple[str, ...] = (TICKS_TABLE, CANDLES_TABLE, DEAD_LETTER_TABLE)
-    extra_options: dict[str, Any] = field(default_factory=dict)  # e.g. runner, project (Dataflow)
+    beam_args: list[str] = field(default_factory=list)  # e.g. --runner=DataflowRunner --project=…
 
 
 def _disable_direct_runner_state_cache() -> None:
@@ -69,25 +69,23 @@ def _disable_direct_runner_state_cache() -> None:
 
 def pipeline_options(run: BoundedRun) -> PipelineOptions:
     values: dict[str, Any] = dict(
-        runner="DirectRunner", input_file=run.input_file, output_dir=run.output_dir,
-        output_format=run.output_format, output_dataset=run.output_dataset, mode=run.mode,
-        gap_candles=run.gap_candles, idle_timeout_seconds=run.idle_timeout_seconds,
-        start_time=run.start_time, end_time=run.end_time)
-    if run.timeframes:
-        values["timeframes"] = run.timeframes
-    if run.feature_timeframes is not None:
-        values["feature_timeframes"] = run.feature_timeframes
-    if run.workers > 1:
-        values.update(direct_running_mode="multi_processing", direct_num_workers=run.workers,
-                      max_cache_memory_usage_mb=0)
-    else:
-        values.update(direct_running_mode="in_memory")
-    values.update(run.extra_options)
-    return PipelineOptions(flags=[], **{k: v for k, v in values.items() if v is not None})
+        input_file=run.input_file, output_dir=run.output_dir, output_format=run.output_format,
+        output_dataset=run.output_dataset, mode=run.mode, gap_candles=run.gap_candles,
+        idle_timeout_seconds=run.idle_timeout_seconds, start_time=run.start_time,
+        end_time=run.end_time, timeframes=run.timeframes, feature_timeframes=run.feature_timeframes)
+    if _is_local(run):  # otherwise the flags given pick the runner and its settings
+        values["runner"] = "DirectRunner"
+        if run.workers > 1:
+            values.update(direct_running_mode="multi_processing", direct_num_workers=run.workers,
+                          max_cache_memory_usage_mb=0)
+        else:
+            values["direct_running_mode"] = "in_memory"
+    return PipelineOptions(flags=run.beam_args, **{k: v for k, v in values.items() if v is not None})
 
 
 def _is_local(run: BoundedRun) -> bool:
-    return str(run.extra_options.get("runner", "DirectRunner")).endswith("DirectRunner")
+    runner = PipelineOptions(run.beam_args).view_as(StandardOptions).runner
+    return runner is None or runner.endswith("DirectRunner")
 
 
 def run_bounded(run: BoundedRun) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -27,7 +27,7 @@ from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
 from transforms.sequencer import SequenceCandles
 from transforms.sinks import FinalizeRowsFn, PrintCandlesFn, WriteJsonLines, WriteRowFiles
 from transforms.ticks import (DEAD_LETTER_TAG, DedupTicks, LateTicksToDeadLetterFn, ParseTicks,
-                              tick_rows)
+                              TickBatch, tick_rows)
 
 # Downstream windows keep this much more lateness than the tick guard, so a tick the guard lets
 # through is never dropped by a window that closed a moment earlier.
@@ -79,7 +79,8 @@ class MarketData(beam.PTransform):
         keyed, dead_letters = parsed.ticks, [parsed.dead_letter]
         if self._start_us is not None or self._end_us is not None:
             in_range = keyed | "KeepRange" >> beam.ParDo(
-                KeepRangeFn(self._start_us, self._end_us)).with_outputs(DEAD_LETTER_TAG, main="ticks")
+                KeepRangeFn(self._start_us, self._end_us)).with_output_types(
+                    Tuple[Tuple[str, str, int], TickBatch]).with_outputs(DEAD_LETTER_TAG, main="ticks")
             keyed = in_range.ticks
             dead_letters.append(in_range[DEAD_LETTER_TAG])
         guarded = keyed | "DedupTicks" >> DedupTicks(opts.allowed_lateness_seconds,
