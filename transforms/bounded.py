@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, Iterator, Optional
 
 import apache_beam as beam
@@ -24,11 +25,17 @@ STAGE_OUT_OF_RANGE = "out_of_range"
 UNKNOWN = "?"
 
 
+DAY_US = 86_400_000_000
+
+
+@lru_cache(maxsize=4096)
+def _day_name(day_number: int) -> str:
+    return datetime.fromtimestamp(day_number * 86_400, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
 def day_of(ts_us: Optional[int]) -> str:
     """'2024-01-31' for a time in µs (UTC); '?' when there is none."""
-    if ts_us is None:
-        return UNKNOWN
-    return datetime.fromtimestamp(ts_us / 1e6, tz=timezone.utc).strftime("%Y-%m-%d")
+    return UNKNOWN if ts_us is None else _day_name(ts_us // DAY_US)
 
 
 def summary_counter_name(kind: str, symbol: str, day: str) -> str:
@@ -85,6 +92,9 @@ class CountPerDaySymbolFn(beam.DoFn):
     def __init__(self, kind: str) -> None:
         self._kind = kind
 
+    def setup(self) -> None:
+        self._counters: dict[tuple[str, str], Any] = {}
+
     def process(self, element: Any) -> None:
         if self._kind == "ticks":  # one symbol and one 15 s bucket: one day
             if len(element):
@@ -95,4 +105,8 @@ class CountPerDaySymbolFn(beam.DoFn):
             self._count(_dead_letter_symbol(element), day_of(element.get("event_time")), 1)
 
     def _count(self, symbol: str, day: str, n: int) -> None:
-        Metrics.counter(SUMMARY_NAMESPACE, summary_counter_name(self._kind, symbol, day)).inc(n)
+        counter = self._counters.get((symbol, day))
+        if counter is None:
+            counter = self._counters[(symbol, day)] = Metrics.counter(
+                SUMMARY_NAMESPACE, summary_counter_name(self._kind, symbol, day))
+        counter.inc(n)

@@ -94,19 +94,13 @@ def summarize_batch(batch: TickBatch) -> list[Any]:
     acc[CLOSE_KEY], acc[CLOSE_PRICE], acc[CLOSE_ID] = _extreme_tick(batch, int(batch.ts_us.max()), True)
     acc[HIGH], acc[LOW] = float(price.max()), float(price.min())
     market = (batch.exchange, batch.native_symbol)
-    seen_amount, seen_price = _DECIMALS_SEEN.get(market, (0, 0))
-    amount, amount_decimals = exact.to_fixed(batch.amount, seen_amount)
-    price_fixed, price_decimals = exact.to_fixed(price, seen_price)
+    (acc[VOLUME], acc[QUOTE_VOLUME], acc[BUY_VOLUME], acc[SELL_VOLUME], amount_decimals,
+     price_decimals) = exact.batch_sums(price, batch.amount, side, _DECIMALS_SEEN.get(market, (0, 0)))
     _DECIMALS_SEEN[market] = (amount_decimals, price_decimals)
-    buys, sells = side == 1, side == -1
-    acc[VOLUME] = exact.exact_sum(amount)
-    acc[QUOTE_VOLUME] = exact.exact_dot(price_fixed, amount)
-    acc[BUY_VOLUME] = exact.exact_sum(exact.take(amount, buys))
-    acc[SELL_VOLUME] = exact.exact_sum(exact.take(amount, sells))
     acc[AMOUNT_DECIMALS], acc[QUOTE_DECIMALS] = amount_decimals, amount_decimals + price_decimals
     acc[TRADES] = len(batch)
-    acc[BUY_TRADES] = int(buys.sum())
-    acc[SELL_TRADES] = int(sells.sum())
+    acc[BUY_TRADES] = int(np.count_nonzero(side == 1))
+    acc[SELL_TRADES] = int(np.count_nonzero(side == -1))
     return acc
 
 

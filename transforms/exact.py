@@ -34,8 +34,9 @@ def decimal_places(values: np.ndarray) -> np.ndarray:
     return places
 
 
-def to_fixed(values: np.ndarray, decimals_hint: int = 0) -> tuple[np.ndarray | list[int], int]:
-    """Values as integers at one scale: (integers, decimals) with value = integer / 10^decimals.
+def to_fixed(values: np.ndarray, decimals_hint: int = 0) -> tuple[np.ndarray | list[int], int, float]:
+    """Values as integers at one scale: (integers, decimals, bound) with value = integer /
+    10^decimals and every |integer| ≤ bound.
 
     ``decimals_hint`` (what this market needed before: precision rarely changes) is tried first in
     one vectorised pass; only a batch it does not write exactly pays for ``decimal_places``. The
@@ -43,20 +44,42 @@ def to_fixed(values: np.ndarray, decimals_hint: int = 0) -> tuple[np.ndarray | l
     int64 when every scaled value fits, else a list of Python ints (huge or mixed magnitudes).
     """
     if not values.size:
-        return np.zeros(0, dtype=np.int64), decimals_hint
+        return np.zeros(0, dtype=np.int64), decimals_hint, 0.0
     power = _POWERS[min(decimals_hint, MAX_DECIMALS)]
     with np.errstate(over="ignore", invalid="ignore"):
         scaled = np.rint(values * power)
-        if float(np.abs(scaled).max()) < _FLOAT_EXACT and (scaled / power == values).all():
-            return scaled.astype(np.int64), decimals_hint
+        bound = float(np.abs(scaled).max())
+        if bound < _FLOAT_EXACT and (scaled / power == values).all():
+            return scaled.astype(np.int64), decimals_hint, bound
         places = decimal_places(values)
         own = np.rint(values * np.asarray(_POWERS)[places])  # exact integers at their own scale
         decimals = max(int(places.max()), decimals_hint)
         shift = decimals - places
-        fits = float(np.max(np.abs(own) * 10.0 ** shift)) < _INT64_SAFE
-    if fits:
-        return own.astype(np.int64) * 10 ** shift, decimals
-    return [int(v) * 10 ** s for v, s in zip(own.tolist(), shift.tolist())], decimals
+        bound = float(np.max(np.abs(own) * 10.0 ** shift))
+    if bound < _INT64_SAFE:
+        return own.astype(np.int64) * 10 ** shift, decimals, bound
+    return [int(v) * 10 ** s for v, s in zip(own.tolist(), shift.tolist())], decimals, bound
+
+
+def batch_sums(price: np.ndarray, amount: np.ndarray, side: np.ndarray, hints: tuple[int, int]
+               ) -> tuple[int, int, int, int, int, int]:
+    """Exact (volume, quote volume, buy volume, sell volume, amount decimals, price decimals) of
+    one batch; ``hints`` = (amount, price) decimals of the market's previous batch. One int64
+    reduction per sum when the bounds prove it cannot overflow (the common case)."""
+    amounts, amount_decimals, amount_bound = to_fixed(amount, hints[0])
+    prices, price_decimals, price_bound = to_fixed(price, hints[1])
+    buys, sells = side == 1, side == -1
+    if isinstance(amounts, np.ndarray) and amount_bound * amounts.size < _INT64_SAFE:
+        volume, buy, sell = int(amounts.sum()), int(amounts[buys].sum()), int(amounts[sells].sum())
+    else:
+        volume, buy, sell = (exact_sum(take(amounts, mask)) for mask in
+                             (np.ones(amount.size, dtype=bool), buys, sells))
+    if isinstance(amounts, np.ndarray) and isinstance(prices, np.ndarray) and \
+            amount_bound * price_bound * amounts.size < _INT64_SAFE:
+        quote = int(np.dot(prices, amounts))
+    else:
+        quote = exact_dot(prices, amounts)
+    return volume, quote, buy, sell, amount_decimals, price_decimals
 
 
 def exact_sum(integers: np.ndarray | list[int]) -> int:
