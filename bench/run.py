@@ -9,6 +9,9 @@
    and candle ``latency_ms`` percentiles from the candles table.
 4. ingest workers (Python ``mds ingest``, Node.js ``mds-ingest.js``) publishing the file into the
    emulator as fast as they can.
+5. backfill: ``mds backfill`` over a month-like set of daily files per symbol
+   (``bench.generate_month``), one worker vs the DirectRunner's multi-processing on every core,
+   against numpy on the same files with their load included.
 
 Subprocesses are measured from outside: wall time, and peak RSS of the whole process tree
 polled from /proc. Not a test: it prints figures.
@@ -384,6 +387,62 @@ def ingest_rows(path: str, args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+# ---------------------------------------------------------------------------------- 5. backfill
+
+_BACKFILL_SUMMARY = re.compile(r"backfilled ([\d,]+) ticks from (\d+) files in ([\d.]+)s")
+
+
+def numpy_with_load(paths: list[str], timeframes: str, feature_timeframes: str
+                    ) -> tuple[float, int, dict[str, int]]:
+    """Seconds to load every file (pandas read_csv) and compute what the pipeline computes, one
+    series per symbol across the files; ticks; non-empty candles per timeframe."""
+    started = time.perf_counter()
+    days = [load_day(path) for path in paths]
+    month = DayArrays()
+    for symbol in sorted({s for day in days for s in day.symbols}):
+        parts = [day.symbols[symbol] for day in days if symbol in day.symbols]
+        month.symbols[symbol] = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    _, counts = numpy_limit(month, timeframes, feature_timeframes)
+    return time.perf_counter() - started, month.ticks, counts
+
+
+def backfill_rows(args: argparse.Namespace) -> list[Row]:
+    """numpy with load, then ``mds backfill`` with 1 worker and with every core, same files."""
+    from bench.generate_month import FIRST_DAY, ensure_month
+
+    directory, paths = ensure_month(args.backfill_days, args.backfill_ticks_per_day, args.seed)
+    limit_seconds, ticks, expected = numpy_with_load(paths, args.timeframes, args.feature_timeframes)
+    rows = [Row(f"numpy incl. load: {len(paths)} files", ticks, limit_seconds,
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "pandas read_csv per file + OHLCV all TFs + features, one core")]
+    last_day = FIRST_DAY.fromordinal(FIRST_DAY.toordinal() + args.backfill_days)
+    per_worker: dict[int, float] = {}
+    for workers in sorted({1, os.cpu_count() or 1}):
+        out_dir = os.path.join(args.work_dir, f"backfill_{workers}w")
+        command = MDS + ["backfill", "--input", os.path.join(directory, "*.csv.gz"),
+                         "--from", FIRST_DAY.isoformat(), "--to", last_day.isoformat(),
+                         "--timeframes", args.timeframes, "--feature-timeframes", args.feature_timeframes,
+                         "--workers", str(workers), "--output-dir", out_dir, "--quiet"]
+        measured = _checked(run_measured(command), f"mds backfill --workers {workers}")
+        match = _BACKFILL_SUMMARY.search(measured.output)
+        if not match or int(match.group(1).replace(",", "")) != ticks:
+            raise RuntimeError(f"backfill --workers {workers}: ticks differ from the files:\n{measured.output[-2000:]}")
+        got = Counter()
+        with open(os.path.join(out_dir, "candles.jsonl"), encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                got[row["timeframe"]] += bool(row["trades"])
+        same = dict(got) == expected
+        per_worker[workers] = measured.seconds
+        speedup = per_worker[1] / measured.seconds
+        rows.append(Row(f"mds backfill, {workers} worker{'s' if workers > 1 else ''}", ticks,
+                        measured.seconds, measured.peak_rss_bytes,
+                        f"{'candles = numpy' if same else f'MISMATCH {dict(got)} vs {expected}'}; "
+                        f"{ticks / measured.seconds / workers:,.0f} ticks/s per core; "
+                        f"{speedup:.2f}× of 1 worker; {measured.seconds / limit_seconds:.1f}× numpy incl. load"))
+    return rows
+
+
 # ------------------------------------------------------------------------------------- the table
 
 def print_table(rows: list[Row], limit_tps: float, command: str, extra: list[str]) -> None:
@@ -411,6 +470,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-replay", action="store_true")
     parser.add_argument("--skip-streaming", action="store_true")
     parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--skip-backfill", action="store_true")
+    parser.add_argument("--backfill-days", type=int, default=10, help="daily files per symbol (3 symbols)")
+    parser.add_argument("--backfill-ticks-per-day", type=int, default=3_000_000,
+                        help="ticks per day of the backfill set, over the 3 symbols")
     parser.add_argument("--stream-seconds", type=float, default=60.0, help="how long the stream publishes")
     parser.add_argument("--stream-rates", type=lambda text: [float(r) for r in text.split(",")],
                         default=[20_000.0, 50_000.0],
@@ -466,6 +529,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"streaming: {rows[-1].note}", flush=True)
     if not args.skip_ingest:
         rows.extend(ingest_rows(path, args))
+    if not args.skip_backfill:
+        rows.extend(backfill_rows(args))
+        print(f"backfill: {rows[-1].note}", flush=True)
     print_table(rows, rows[0].ticks_per_second, command,
                 [f"load of the CSV.gz (not in the numpy row): {load_seconds:.2f}s; machine: "
                  f"{os.cpu_count()} cores, {os.getloadavg()[0]:.1f} load avg at the end"])

@@ -9,14 +9,13 @@ multi-processing mode: the files, tick buckets and candle keys are spread over w
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -193,7 +192,7 @@ def merge_outputs(output_dir: str, table: str, file_format: str, merge: bool = T
     if file_format == "parquet":
         rows = _merge_parquet(shards, target, table)
     else:
-        rows = _merge_jsonl(shards, target, lambda r: tuple(r[k] for k in SORT_KEYS[table]))
+        rows = _merge_jsonl(shards, target, table)
     for path in shards:
         os.remove(path)
     return rows
@@ -208,15 +207,32 @@ def _row_count(path: str, file_format: str) -> int:
         return sum(1 for line in handle if line.strip())
 
 
-def _merge_jsonl(shards: list[str], target: str, key: Callable[[dict[str, Any]], Any]) -> int:
-    """Lines are parsed for their sort key only and written back as the sink wrote them."""
-    lines: list[str] = []
+def _key_columns(data: bytes, columns: tuple[str, ...]) -> Any:
+    """Just the named columns of JSON lines, parsed by Arrow in C++ (the rest is skipped)."""
+    import io
+
+    import pyarrow as pa
+    from pyarrow import json as pa_json
+
+    types = {"revision": pa.int64()}
+    schema = pa.schema([(name, types.get(name, pa.string())) for name in columns])
+    options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    return pa_json.read_json(io.BytesIO(data), parse_options=options)
+
+
+def _merge_jsonl(shards: list[str], target: str, table: str) -> int:
+    """Lines are read for their sort key only and written back as the sink wrote them."""
+    import pyarrow.compute as pc
+
+    lines: list[bytes] = []
     for path in shards:
-        with open(path, encoding="utf-8") as handle:
-            lines.extend(line if line.endswith("\n") else line + "\n" for line in handle if line.strip())
-    keys = [key(json.loads(line)) for line in lines]
-    order = sorted(range(len(lines)), key=keys.__getitem__)
-    with open(target, "w", encoding="utf-8") as handle:
+        with open(path, "rb") as handle:
+            lines.extend(line if line.endswith(b"\n") else line + b"\n" for line in handle if line.strip())
+    order: list[int] = []
+    if lines:
+        keys = _key_columns(b"".join(lines), SORT_KEYS[table])
+        order = pc.sort_indices(keys, sort_keys=[(name, "ascending") for name in SORT_KEYS[table]]).to_pylist()
+    with open(target, "wb") as handle:
         handle.writelines(lines[i] for i in order)
     return len(lines)
 
@@ -240,5 +256,6 @@ def candles_per_timeframe(path: str, file_format: str) -> dict[str, int]:
         import pyarrow.parquet as pq
 
         return dict(Counter(pq.read_table(path, columns=["timeframe"]).column(0).to_pylist()))
-    with open(path, encoding="utf-8") as handle:
-        return dict(Counter(json.loads(line)["timeframe"] for line in handle if line.strip()))
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return dict(Counter(_key_columns(data, ("timeframe",)).column(0).to_pylist())) if data.strip() else {}

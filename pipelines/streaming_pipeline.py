@@ -22,9 +22,10 @@ from pipelines.read_files import ReadTickFiles
 from transforms.bigquery import (WriteRowsToBigQuery, ensure_tables, ensure_views, make_client,
                                  split_dataset_ref)
 from transforms.bounded import CountPerDaySymbolFn, KeepRangeFn
+from transforms.bounded_candles import BoundedCandles
 from transforms.candles import CandlesFromTicks, parse_timeframes
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
-from transforms.sequencer import SequenceCandles
+from transforms.sequencer import SequenceCandles, SequenceCandlesFn
 from transforms.sinks import FinalizeRowsFn, PrintCandlesFn, WriteJsonLines, WriteRowFiles
 from transforms.ticks import (DEAD_LETTER_TAG, DedupTicks, LateTicksToDeadLetterFn, ParseTicks,
                               TickBatch, tick_rows)
@@ -83,32 +84,38 @@ class MarketData(beam.PTransform):
                     Tuple[Tuple[str, str, int], TickBatch]).with_outputs(DEAD_LETTER_TAG, main="ticks")
             keyed = in_range.ticks
             dead_letters.append(in_range[DEAD_LETTER_TAG])
-        guarded = keyed | "DedupTicks" >> DedupTicks(opts.allowed_lateness_seconds,
-                                                     LATE_TICK_MEMORY_SECONDS, self._bounded)
-        late_rows = guarded.late | "LateToDeadLetter" >> beam.ParDo(LateTicksToDeadLetterFn())
-        dead_letter = (*dead_letters, late_rows) | "AllDeadLetters" >> beam.Flatten()
-        ticks = candles = None
+        timeframes = parse_timeframes(opts.timeframes)
+        labels = {label for label, _ in timeframes}
+        feature_timeframes = ({label for label, _ in parse_timeframes(opts.feature_timeframes)}
+                              if opts.feature_timeframes.strip() else set())
+        if not feature_timeframes <= labels:
+            raise ValueError(f"--feature_timeframes {sorted(feature_timeframes - labels)} are "
+                             f"not in --timeframes")
+        with_candles = opts.mode in ("candles", "both")
+        lateness = opts.allowed_lateness_seconds + LATENESS_MARGIN_SECONDS
+        sequencer = SequenceCandlesFn(dict(timeframes), feature_timeframes, opts.gap_candles,
+                                      opts.idle_timeout_seconds, lateness, self._bounded, self._end_us)
+        candles = None
+        if self._bounded:  # all ticks at hand: hour groups, no per-bucket state (bounded_candles)
+            unique, bounded_candles = keyed | "BoundedCandles" >> BoundedCandles(
+                timeframes if with_candles else [], sequencer)
+            dead_letter = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
+            candles = bounded_candles if with_candles else None
+        else:
+            guarded = keyed | "DedupTicks" >> DedupTicks(opts.allowed_lateness_seconds,
+                                                         LATE_TICK_MEMORY_SECONDS)
+            late_rows = guarded.late | "LateToDeadLetter" >> beam.ParDo(LateTicksToDeadLetterFn())
+            dead_letter = (*dead_letters, late_rows) | "AllDeadLetters" >> beam.Flatten()
+            unique = guarded.unique
+            if with_candles:
+                candles = (unique
+                           | "Candles" >> CandlesFromTicks(timeframes, lateness, opts.early_firing_seconds)
+                           | "SequenceCandles" >> SequenceCandles(sequencer))
+        ticks = None
         if opts.mode in ("ticks", "both"):
-            ticks = guarded.unique | "TickRows" >> beam.Map(lambda batch: list(tick_rows(batch)))
-        if opts.mode in ("candles", "both"):
-            timeframes = parse_timeframes(opts.timeframes)
-            labels = {label for label, _ in timeframes}
-            feature_timeframes = ({label for label, _ in parse_timeframes(opts.feature_timeframes)}
-                                  if opts.feature_timeframes.strip() else set())
-            if not feature_timeframes <= labels:
-                raise ValueError(f"--feature_timeframes {sorted(feature_timeframes - labels)} are "
-                                 f"not in --timeframes")
-            candles = (guarded.unique
-                       | "Candles" >> CandlesFromTicks(
-                           timeframes, opts.allowed_lateness_seconds + LATENESS_MARGIN_SECONDS,
-                           opts.early_firing_seconds, self._bounded)
-                       | "SequenceCandles" >> SequenceCandles(
-                           timeframes, feature_timeframes, opts.gap_candles,
-                           opts.idle_timeout_seconds,
-                           opts.allowed_lateness_seconds + LATENESS_MARGIN_SECONDS, self._bounded,
-                           self._end_us))
+            ticks = unique | "TickRows" >> beam.Map(lambda batch: list(tick_rows(batch)))
         if self._bounded:  # the per day and symbol summary of a backfill
-            guarded.unique | "CountTicks" >> beam.ParDo(CountPerDaySymbolFn("ticks"))
+            unique | "CountTicks" >> beam.ParDo(CountPerDaySymbolFn("ticks"))
             dead_letter | "CountDeadLetters" >> beam.ParDo(CountPerDaySymbolFn("dead_letters"))
             if candles is not None:
                 candles | "CountCandles" >> beam.ParDo(CountPerDaySymbolFn("candles"))

@@ -182,7 +182,7 @@ class CandleCombineFn(beam.CombineFn):
         return candle_values(acc)
 
 
-def _candle(exchange: str, symbol: str, timeframe: str, start_us: int, end_us: int,
+def candle_row(exchange: str, symbol: str, timeframe: str, start_us: int, end_us: int,
             values: dict[str, Any], is_final: bool, pane_index: int) -> dict[str, Any]:
     candle = {"exchange": exchange, "symbol": symbol, "timeframe": timeframe,
               "timestamp_in": start_us, "window_end": end_us}
@@ -203,13 +203,13 @@ class CandleFromPaneFn(beam.DoFn):
                 candle_window: window.IntervalWindow = beam.DoFn.WindowParam,
                 pane: Any = beam.DoFn.PaneInfoParam) -> Iterator[dict[str, Any]]:
         (exchange, symbol), values = element
-        yield _candle(exchange, symbol, self._timeframe, candle_window.start.micros,
+        yield candle_row(exchange, symbol, self._timeframe, candle_window.start.micros,
                       candle_window.end.micros, values, pane.timing != PaneInfoTiming.EARLY,
                       pane.index)
 
 
 class CandleFromKeyFn(beam.DoFn):
-    """Bounded replay: the timeframe and window are part of the key (see CandlesFromTicks)."""
+    """Bounded runs: the timeframe and window are part of the key (transforms.bounded_candles)."""
 
     def __init__(self, timeframes: list[tuple[str, int]]) -> None:
         self._length_us = {label: seconds * 1_000_000 for label, seconds in timeframes}
@@ -217,17 +217,8 @@ class CandleFromKeyFn(beam.DoFn):
     def process(self, element: tuple[tuple[str, str, str, int], dict[str, Any]]
                 ) -> Iterator[dict[str, Any]]:
         (exchange, symbol, timeframe, start_us), values = element
-        yield _candle(exchange, symbol, timeframe, start_us, start_us + self._length_us[timeframe],
+        yield candle_row(exchange, symbol, timeframe, start_us, start_us + self._length_us[timeframe],
                       values, True, 0)
-
-
-def window_keys(key: tuple[str, str, int], timeframes: list[tuple[str, int]]
-                ) -> list[tuple[str, str, str, int]]:
-    """(exchange, symbol, bucket start µs) → the (exchange, symbol, timeframe, window start) of
-    every timeframe's window that holds the bucket."""
-    exchange, symbol, start_us = key
-    return [(exchange, symbol, label, start_us - start_us % (seconds * 1_000_000))
-            for label, seconds in timeframes]
 
 
 class CandlesFromTicks(beam.PTransform):
@@ -236,20 +227,16 @@ class CandlesFromTicks(beam.PTransform):
     Windows fire when the watermark passes their end; each late tick within the allowed lateness
     fires a corrected pane (accumulating, so the pane is the whole candle, never a delta); 4h and
     longer windows also fire provisional panes every ``early_firing_seconds`` of processing time.
-    A bounded input (file replay) has no late data and no processing-time cadence: there the
-    timeframe and window start go into the key instead, because the batch runner's window-set
-    bookkeeping grows with the square of the windows per key (a day of 15 s windows took minutes),
-    and one combine for every timeframe pays Beam's per-element cost once per batch, not once
-    per batch and timeframe.
+    A bounded input (replay, backfill) takes ``transforms.bounded_candles`` instead: hour groups
+    and the same accumulator functions, without windows and triggers.
     """
 
     def __init__(self, timeframes: list[tuple[str, int]], allowed_lateness_seconds: int,
-                 early_firing_seconds: int = 0, bounded: bool = False) -> None:
+                 early_firing_seconds: int = 0) -> None:
         super().__init__()
         self._timeframes = timeframes
         self._lateness = allowed_lateness_seconds
         self._early = early_firing_seconds
-        self._bounded = bounded
 
     def _trigger(self, seconds: int) -> trigger.TriggerFn:
         early: Optional[trigger.TriggerFn] = None
@@ -260,13 +247,6 @@ class CandlesFromTicks(beam.PTransform):
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         summaries = batches | "Summarize" >> beam.Map(
             lambda b: ((b.exchange, b.symbol, b.bucket * BUCKET_US), summarize_batch(b)))
-        if self._bounded:
-            timeframes = self._timeframes
-            return (summaries
-                    | "KeyByWindow" >> beam.FlatMap(
-                        lambda kv: [(key, kv[1]) for key in window_keys(kv[0], timeframes)])
-                    | "Combine" >> beam.CombinePerKey(CandleCombineFn())
-                    | "Label" >> beam.ParDo(CandleFromKeyFn(timeframes)))
         per_timeframe = []
         for label, seconds in self._timeframes:
             candles = (summaries

@@ -30,7 +30,7 @@ from transforms.features import FEATURE_NAMES
 
 FEATURE_HISTORY = 40  # candles of history kept per key: covers every feature's look-back (≤ 34)
 _NO_FEATURES = dict.fromkeys(FEATURE_NAMES)
-_END_OF_TIME_US = window.GlobalWindow().max_timestamp().micros
+END_OF_TIME_US = window.GlobalWindow().max_timestamp().micros
 SERIES_BREAK: Any = object()  # between the rows of two series of one key (it went idle between)
 
 
@@ -130,7 +130,7 @@ class SequenceCandlesFn(beam.DoFn):
         if series and candle["last_tick_time"]:
             series.last_trade_us = max(series.last_trade_us, candle["last_tick_time"])
             series_state.write(series)
-        release_at = _END_OF_TIME_US if self._bounded else candle["window_end"]
+        release_at = END_OF_TIME_US if self._bounded else candle["window_end"]
         current = flush_at.read()
         if current is None or release_at < current:
             flush.set(Timestamp(micros=release_at))
@@ -333,12 +333,9 @@ class SequenceCandlesFn(beam.DoFn):
 class SequenceCandles(beam.PTransform):
     """Candle panes of every timeframe → ordered candle rows with gaps, revisions and features."""
 
-    def __init__(self, timeframes: list[tuple[str, int]], feature_timeframes: set[str],
-                 gap_candles: bool, idle_timeout_seconds: int, allowed_lateness_seconds: int,
-                 bounded: bool, end_us: Optional[int] = None) -> None:
+    def __init__(self, fn: SequenceCandlesFn) -> None:
         super().__init__()
-        self._fn = SequenceCandlesFn(dict(timeframes), feature_timeframes, gap_candles,
-                                     idle_timeout_seconds, allowed_lateness_seconds, bounded, end_us)
+        self._fn = fn
 
     def expand(self, candles: beam.PCollection) -> beam.PCollection:
         return (candles
