@@ -29,6 +29,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-gap-candles", action="store_true", help="no fill bars for empty intervals")
     parser.add_argument("--idle-timeout-seconds", type=int, default=3600,
                         help="gap candles stop this long after a key's last trade")
+    parser.add_argument("--start-time", help="start of the requested range (ISO-8601 UTC or YYYY-MM-DD); "
+                                             "earlier ticks are dead-lettered")
+    parser.add_argument("--end-time", help="end of the requested range (exclusive): later ticks are "
+                                           "dead-lettered, gap candles stop there (default: at each "
+                                           "series' last trade)")
     parser.add_argument("--workers", type=int, default=1,
                         help="DirectRunner worker processes (files are spread over them)")
     parser.add_argument("--console-timeframes", default="1m",
@@ -44,7 +49,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
         input_file=args.input, output_dir=args.output_dir, output_format=args.format,
         mode=args.mode, timeframes=args.timeframes, feature_timeframes=args.feature_timeframes,
         gap_candles=not args.no_gap_candles, idle_timeout_seconds=args.idle_timeout_seconds,
-        workers=args.workers, progress=not args.quiet, console_timeframes=console))
+        start_time=args.start_time, end_time=args.end_time, workers=args.workers, progress=not args.quiet, console_timeframes=console))
 
 
 def main(argv: list[str]) -> int:

@@ -87,16 +87,27 @@ def test_bundled_sample_stays_small():
     assert Path(SAMPLE).exists() and Path(SAMPLE).stat().st_size < 5_000_000
 
 
-def test_no_candle_after_the_end_of_the_data(replayed):
-    """The day's last trade is at 23:58:40: no series runs past the candle holding it (the old
-    bounded flush filled gaps for an hour past the input, up to 2017-08-18T00:57)."""
+def test_no_candle_after_the_end_of_the_day(replayed):
+    """Replayed over its day, the series are gap-filled to midnight and stop there (the old
+    bounded flush went on for an hour past the input, up to 2017-08-18T00:57)."""
     _, candles, _ = replayed
     last = {}
     for c in candles:
-        last[c["timeframe"]] = max(last.get(c["timeframe"], ""), c["timestamp_in"])
-    assert last == {"15s": "2017-08-17T23:58:30.000000Z", "1m": "2017-08-17T23:58:00.000000Z",
-                    "5m": "2017-08-17T23:55:00.000000Z", "15m": "2017-08-17T23:45:00.000000Z",
-                    "4h": "2017-08-17T20:00:00.000000Z", "24h": "2017-08-17T00:00:00.000000Z"}
+        last[c["timeframe"]] = max(last.get(c["timeframe"], ""), c["window_end"])
+    assert set(last.values()) == {"2017-08-18T00:00:00.000000Z"}
+
+
+def test_without_a_range_no_candle_after_the_last_trade():
+    """No --end_time: each series ends with the candle of its last trade, no trailing gaps."""
+    from tests.pipeline_helpers import T0_US, message, options, run_market_data, tick
+
+    ticks = [tick(1, 100.0, 1.0, T0_US + 5_000_000), tick(2, 101.0, 1.0, T0_US + 150_000_000)]
+    rows = run_market_data([message(ticks)], options(mode="candles", timeframes="15s,1m,4h"),
+                           streaming=False)
+    ends = {}
+    for c in rows["candles"]:
+        ends[c["timeframe"]] = max(ends.get(c["timeframe"], 0), c["window_end"])
+    assert ends == {"15s": T0_US + 165_000_000, "1m": T0_US + 180_000_000, "4h": T0_US + 4 * 3600_000_000}
 
 
 def test_output_files_are_sorted_with_their_lines_unchanged(replayed, tmp_path):
