@@ -51,6 +51,10 @@ class MarketDataOptions(PipelineOptions):
                             help="Bounded runs: end of the requested range (exclusive); later ticks "
                                  "go to dead_letter and gap candles stop there. Without it they "
                                  "stop at each series' last trade.")
+        parser.add_argument("--checkpoint_dir", default=None,
+                            help="Series checkpoints (local or gs://): a bounded run with "
+                                 "--end_time writes where each series ended, a streaming job "
+                                 "continues those series (gaps, features) from there.")
         parser.add_argument("--output_dataset", default=None,
                             help="BigQuery dataset for ticks/candles/dead_letter: PROJECT:DATASET.")
         parser.add_argument("--output_dir", default=None,

@@ -24,6 +24,7 @@ from transforms.bigquery import (WriteRowsToBigQuery, ensure_tables, ensure_view
 from transforms.bounded import CountPerDaySymbolFn, KeepRangeFn
 from transforms.bounded_candles import BoundedCandles
 from transforms.candles import CandlesFromTicks, parse_timeframes
+from transforms.checkpoint import WriteCheckpointFn, read_checkpoints
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
 from transforms.sequencer import SequenceCandles, SequenceCandlesFn
 from transforms.sinks import FinalizeRowsFn, PrintCandlesFn, WriteJsonLines, WriteRowFiles
@@ -97,10 +98,13 @@ class MarketData(beam.PTransform):
                                       opts.idle_timeout_seconds, lateness, self._bounded, self._end_us)
         candles = None
         if self._bounded:  # all ticks at hand: hour groups, no per-bucket state (bounded_candles)
-            unique, bounded_candles = keyed | "BoundedCandles" >> BoundedCandles(
-                timeframes if with_candles else [], sequencer)
+            unique, bounded_candles, checkpoints = keyed | "BoundedCandles" >> BoundedCandles(
+                timeframes if with_candles else [], sequencer, feature_timeframes,
+                checkpoints=bool(opts.checkpoint_dir) and with_candles)
             dead_letter = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
             candles = bounded_candles if with_candles else None
+            if checkpoints is not None:
+                checkpoints | "WriteCheckpoints" >> beam.ParDo(WriteCheckpointFn(opts.checkpoint_dir))
         else:
             guarded = keyed | "DedupTicks" >> DedupTicks(opts.allowed_lateness_seconds,
                                                          LATE_TICK_MEMORY_SECONDS)
@@ -110,7 +114,9 @@ class MarketData(beam.PTransform):
             if with_candles:
                 candles = (unique
                            | "Candles" >> CandlesFromTicks(timeframes, lateness, opts.early_firing_seconds)
-                           | "SequenceCandles" >> SequenceCandles(sequencer))
+                           | "SequenceCandles" >> SequenceCandles(sequencer, [
+                               (key, checkpoint.state) for key, checkpoint in
+                               (read_checkpoints(opts.checkpoint_dir) if opts.checkpoint_dir else [])]))
         ticks = None
         if opts.mode in ("ticks", "both"):
             ticks = unique | "TickRows" >> beam.Map(lambda batch: list(tick_rows(batch)))

@@ -125,6 +125,8 @@ GOOD_AND_BAD = {
         ["2024-1-1", "yesterday", "2024-01-01T", "1704067200", ""]),
     "end_time": (["2024-02-01", "2024-02-01 00:00:00"], ["2024/02/01", "2024-02-01Z"]),
     "output_format": (["jsonl", "parquet"], ["csv", "JSONL", ""]),
+    "checkpoint_dir": (["gs://my-bucket/mds-checkpoints/binance", "gs://my-bucket/cp/"],
+                       ["/tmp/cp", "gs://my-bucket", "gs://my-bucket/a,b"]),
     "output_dir": (
         ["gs://my-bucket/mds-output"],
         ["out/", "gs://my-bucket"]),

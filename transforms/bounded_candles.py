@@ -12,7 +12,8 @@ mode) dwarfs the arithmetic. So here ticks are grouped by (exchange, symbol, UTC
    the hour (timeframes dividing 1h) as one list per series, and accumulators of longer windows
    (4h, 24h) for a ``CombinePerKey`` across hours;
 3. ``SequenceGroupedFn`` gets each whole series at once (``GroupByKey``) and runs the sequencer's
-   own end-of-input flush on it (gaps, partial flags, vectorised features), without state calls.
+   own end-of-input flush on it (gaps, partial flags, vectorised features), without state calls,
+   and optionally the series checkpoint a stream continues from (transforms.checkpoint).
 
 The results equal what one element per bucket gives (same functions, same order-free merges).
 """
@@ -29,7 +30,8 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.candles import (PARTIAL, CandleCombineFn, CandleFromKeyFn, candle_row,
                                 candle_values, empty_accumulator, merge_into, summarize_batch)
-from transforms.sequencer import END_OF_TIME_US, SequenceCandlesFn
+from transforms.checkpoint import checkpoint_of_series
+from transforms.sequencer import SequenceCandlesFn
 from transforms.ticks import BUCKET_US, TickBatch
 
 HOUR_US = 3_600_000_000
@@ -37,6 +39,7 @@ BUCKETS_PER_HOUR = HOUR_US // BUCKET_US
 REGROUP_FLUSH_TICKS = 1_000_000  # a bundle's buffer is flushed past this many ticks
 CANDLES_TAG = "candles"
 PARTIALS_TAG = "partials"
+CHECKPOINTS_TAG = "checkpoints"
 
 HourGroup = tuple[TickBatch, frozenset]  # ticks of an hour, buckets with a disconnect marker
 
@@ -193,29 +196,45 @@ class _Cell:
 
 class SequenceGroupedFn(beam.DoFn):
     """((exchange, symbol, timeframe), candle lists) → the ordered rows with gaps and features:
-    exactly the end-of-input flush of ``SequenceCandlesFn`` (bounded), on the whole series."""
+    exactly the end-of-input flush of ``SequenceCandlesFn`` (bounded), on the whole series. With
+    ``checkpoints``, also the last series' checkpoint (``CHECKPOINTS_TAG``) for a stream to go on."""
 
-    def __init__(self, sequencer: SequenceCandlesFn) -> None:
+    def __init__(self, sequencer: SequenceCandlesFn, timeframes: list[tuple[str, int]],
+                 feature_timeframes: set[str], checkpoints: bool) -> None:
         self._sequencer = sequencer
+        self._seconds = dict(timeframes)
+        self._feature_timeframes = feature_timeframes
+        self._checkpoints = checkpoints
 
     def process(self, element: tuple[tuple[str, str, str], Iterable[list[dict[str, Any]]]]
-                ) -> Iterator[dict[str, Any]]:
-        _, blocks = element
+                ) -> Iterator[Any]:
+        key, blocks = element
         pending = _Bag(candle for block in blocks for candle in block)
-        yield from self._sequencer.release(pending, _Cell(), _Cell(), _Cell(), _Cell(),
-                                           fired_at=Timestamp(micros=END_OF_TIME_US))
+        series = self._sequencer.flush_series(pending, _Cell(), _Cell(), _Cell())
+        for rows in series:
+            yield from rows
+        if self._checkpoints and series[-1]:
+            timeframe = key[2]
+            seconds = self._seconds[timeframe]
+            checkpoint = checkpoint_of_series(
+                key, series[-1], seconds, timeframe in self._feature_timeframes,
+                self._sequencer.history_limit(seconds * 1_000_000))
+            yield beam.pvalue.TaggedOutput(CHECKPOINTS_TAG, checkpoint)
 
 
 class BoundedCandles(beam.PTransform):
     """Parsed ((exchange, symbol, bucket), TickBatch) of a bounded input → (unique tick batches,
-    ordered candle rows of every timeframe with gaps and features)."""
+    ordered candle rows of every timeframe with gaps and features, series checkpoints or None)."""
 
-    def __init__(self, timeframes: list[tuple[str, int]], sequencer: SequenceCandlesFn) -> None:
+    def __init__(self, timeframes: list[tuple[str, int]], sequencer: SequenceCandlesFn,
+                 feature_timeframes: set[str], checkpoints: bool = False) -> None:
         super().__init__()
         self._timeframes = timeframes
         self._sequencer = sequencer
+        self._feature_timeframes = feature_timeframes
+        self._checkpoints = checkpoints
 
-    def expand(self, keyed: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+    def expand(self, keyed: beam.PCollection) -> tuple[Any, Any, Any]:
         hours = (keyed
                  | "RegroupByHour" >> beam.ParDo(RegroupByHourFn())
                  | "GroupHours" >> beam.GroupByKey()
@@ -231,5 +250,7 @@ class BoundedCandles(beam.PTransform):
             | "KeyBySeries" >> beam.Map(
                 lambda block: ((block[0]["exchange"], block[0]["symbol"], block[0]["timeframe"]), block))
             | "GroupSeries" >> beam.GroupByKey()
-            | "Sequence" >> beam.ParDo(SequenceGroupedFn(self._sequencer)))
-        return hours.ticks, candles
+            | "Sequence" >> beam.ParDo(SequenceGroupedFn(
+                self._sequencer, self._timeframes, self._feature_timeframes, self._checkpoints)
+            ).with_outputs(CHECKPOINTS_TAG, main="candles"))
+        return hours.ticks, candles.candles, candles[CHECKPOINTS_TAG] if self._checkpoints else None

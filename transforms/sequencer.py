@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -55,6 +55,17 @@ class SeriesState:
     @property
     def last_close(self) -> float:
         return self.history[-1].row["close"]
+
+
+def _split_series(released: list[Any]) -> list[list[dict[str, Any]]]:
+    """Released rows → one list per series (SERIES_BREAK separates them)."""
+    segments: list[list[dict[str, Any]]] = [[]]
+    for row in released:
+        if row is SERIES_BREAK:
+            segments.append([])
+        else:
+            segments[-1].append(row)
+    return segments
 
 
 def gap_candle(previous: dict[str, Any], start_us: int, length_us: int) -> dict[str, Any]:
@@ -102,7 +113,8 @@ class SequenceCandlesFn(beam.DoFn):
         self.gaps = Metrics.counter("candles", "gap_candles")
         self.too_old = Metrics.counter("candles", "corrections_beyond_history")
 
-    def _history_limit(self, length_us: int) -> int:
+    def history_limit(self, length_us: int) -> int:
+        """Candles a key keeps: the features' look-back, or what late corrections can reach."""
         return max(FEATURE_HISTORY, math.ceil(2 * self._lateness_us / length_us) + 2)
 
     def process(self, element: tuple[tuple[str, str, str], dict[str, Any]],
@@ -113,6 +125,12 @@ class SequenceCandlesFn(beam.DoFn):
                 early_revisions: Any = beam.DoFn.StateParam(EARLY_REVISIONS)) -> Iterator[dict[str, Any]]:
         _, candle = element
         series: SeriesState | None = series_state.read()
+        if isinstance(candle, SeriesState):  # a backfill's checkpoint (transforms.checkpoint)
+            if series is None:  # a series this job already began keeps going as it is
+                series_state.write(candle)
+                length = self._timeframe_us[candle.history[-1].row["timeframe"]]
+                self._wake_at(candle.next_start_us + length, flush, flush_at)
+            return
         start = candle["timestamp_in"]
         if not candle["is_final"]:  # provisional pane of a long window: straight out
             revisions = early_revisions.read() or {}
@@ -130,7 +148,11 @@ class SequenceCandlesFn(beam.DoFn):
         if series and candle["last_tick_time"]:
             series.last_trade_us = max(series.last_trade_us, candle["last_tick_time"])
             series_state.write(series)
-        release_at = END_OF_TIME_US if self._bounded else candle["window_end"]
+        self._wake_at(END_OF_TIME_US if self._bounded else candle["window_end"], flush, flush_at)
+
+    @staticmethod
+    def _wake_at(release_at: int, flush: Any, flush_at: Any) -> None:
+        """Sets the FLUSH timer to ``release_at`` unless it is due earlier already."""
         current = flush_at.read()
         if current is None or release_at < current:
             flush.set(Timestamp(micros=release_at))
@@ -149,15 +171,16 @@ class SequenceCandlesFn(beam.DoFn):
             early_revisions.write(early)
         else:
             early_revisions.clear()
-        segments: list[list[dict[str, Any]]] = [[]]
-        for row in released:
-            if row is SERIES_BREAK:
-                segments.append([])
-            else:
-                segments[-1].append(row)
-        for rows in segments:
+        for rows in _split_series(released):
             # A bounded run has each whole series at once: the vectorised feature path.
             yield from self._with_batch_features(rows) if self._bounded else rows
+
+    def flush_series(self, pending: Any, series_state: Any, flush: Any, flush_at: Any
+                     ) -> list[list[dict[str, Any]]]:
+        """A bounded run's end-of-input release: the rows of each series of the key (a key idle
+        past the timeout starts a new one), features filled."""
+        released = list(self._release(pending, series_state, flush, flush_at, END_OF_TIME_US, {}))
+        return [self._with_batch_features(rows) for rows in _split_series(released)]
 
     def _release(self, pending: Any, series_state: Any, flush: Any, flush_at: Any,
                  now_us: int, early: dict[int, int]) -> Iterator[dict[str, Any]]:
@@ -271,7 +294,7 @@ class SequenceCandlesFn(beam.DoFn):
         row.update(self._features(series, row))
         series.history.append(SeriesEntry(row, state_before, pane_index))
         length = self._timeframe_us[row["timeframe"]]
-        del series.history[:-self._history_limit(length)]
+        del series.history[:-self.history_limit(length)]
         series.next_start_us = row["timestamp_in"] + length
         if row["last_tick_time"]:
             series.last_trade_us = max(series.last_trade_us, row["last_tick_time"])
@@ -331,15 +354,26 @@ class SequenceCandlesFn(beam.DoFn):
 
 
 class SequenceCandles(beam.PTransform):
-    """Candle panes of every timeframe → ordered candle rows with gaps, revisions and features."""
+    """Candle panes of every timeframe → ordered candle rows with gaps, revisions and features.
 
-    def __init__(self, fn: SequenceCandlesFn) -> None:
+    ``checkpoints``: (series key, SeriesState) a backfill left (transforms.checkpoint), installed
+    before the first candle so the series go on from there.
+    """
+
+    def __init__(self, fn: SequenceCandlesFn,
+                 checkpoints: Sequence[tuple[tuple[str, str, str], SeriesState]] = ()) -> None:
         super().__init__()
         self._fn = fn
+        self._checkpoints = list(checkpoints)
 
     def expand(self, candles: beam.PCollection) -> beam.PCollection:
-        return (candles
-                | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-                | "KeyBySeries" >> beam.Map(lambda c: ((c["exchange"], c["symbol"], c["timeframe"]), c))
-                .with_output_types(Tuple[Tuple[str, str, str], Dict[str, Any]])
-                | "Sequence" >> beam.ParDo(self._fn))
+        keyed = (candles
+                 | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+                 | "KeyBySeries" >> beam.Map(lambda c: ((c["exchange"], c["symbol"], c["timeframe"]), c))
+                 .with_output_types(Tuple[Tuple[str, str, str], Any]))
+        if self._checkpoints:
+            seeds = (candles.pipeline
+                     | "Checkpoints" >> beam.Create(self._checkpoints)
+                     .with_output_types(Tuple[Tuple[str, str, str], Any]))
+            keyed = (keyed, seeds) | "WithCheckpoints" >> beam.Flatten()
+        return keyed | "Sequence" >> beam.ParDo(self._fn)
