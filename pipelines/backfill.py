@@ -5,8 +5,8 @@
 Days come from Tardis.dev's downloadable datasets (``ingest.datasets``: cached, never fetched
 twice; API key from TARDIS_API_KEY), or from files you already have (``--input``: paths, globs,
 gs:// patterns). The requested range [--from, --to) bounds the run: ticks outside it are
-dead-lettered, gap candles stop at --to, so a streaming job started at --to continues the series
-(docs/runbook.md, "Backfill, then go live"). The same job runs on Dataflow from the Flex Template
+dead-lettered, gap candles stop at --to, and with --checkpoint-dir a streaming job started at
+--to continues every series, features included (docs/runbook.md, "Backfill, then go live"). The same job runs on Dataflow from the Flex Template
 with ``input_file`` set to a gs:// pattern; extra Beam flags given after ``--`` are passed through.
 """
 from __future__ import annotations
@@ -43,6 +43,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                              "here; default out/backfill unless --output-dataset is given")
     parser.add_argument("--format", choices=OUTPUT_FORMATS, default="jsonl")
     parser.add_argument("--output-dataset", help="BigQuery dataset PROJECT:DATASET")
+    parser.add_argument("--checkpoint-dir", help="write each series' end state here, for a "
+                                                 "streaming job to continue from --to "
+                                                 "(mds run --checkpoint_dir=DIR)")
     parser.add_argument("--mode", choices=MODES, default="candles")
     parser.add_argument("--timeframes", default=DEFAULT_TIMEFRAMES)
     parser.add_argument("--feature-timeframes", default=DEFAULT_FEATURE_TIMEFRAMES)
@@ -94,7 +97,8 @@ def backfill(args: argparse.Namespace, beam_args: list[str]) -> dict[str, Any]:
         output_dataset=args.output_dataset, mode=args.mode, timeframes=args.timeframes,
         feature_timeframes=args.feature_timeframes, gap_candles=not args.no_gap_candles,
         idle_timeout_seconds=args.idle_timeout_seconds, start_time=args.from_date,
-        end_time=args.to_date, workers=args.workers, progress=not args.quiet,
+        end_time=args.to_date, checkpoint_dir=args.checkpoint_dir, workers=args.workers,
+        progress=not args.quiet,
         merge_tables=(CANDLES_TABLE, DEAD_LETTER_TABLE), beam_args=beam_args))
 
 

@@ -50,6 +50,7 @@ class BoundedRun:
     idle_timeout_seconds: int = 3600
     start_time: Optional[str] = None
     end_time: Optional[str] = None
+    checkpoint_dir: Optional[str] = None
     workers: int = 1
     progress: bool = True
     console_timeframes: Optional[set[str]] = None
@@ -71,7 +72,8 @@ def pipeline_options(run: BoundedRun) -> PipelineOptions:
         input_file=run.input_file, output_dir=run.output_dir, output_format=run.output_format,
         output_dataset=run.output_dataset, mode=run.mode, gap_candles=run.gap_candles,
         idle_timeout_seconds=run.idle_timeout_seconds, start_time=run.start_time,
-        end_time=run.end_time, timeframes=run.timeframes, feature_timeframes=run.feature_timeframes)
+        end_time=run.end_time, checkpoint_dir=run.checkpoint_dir, timeframes=run.timeframes,
+        feature_timeframes=run.feature_timeframes)
     if _is_local(run):  # otherwise the flags given pick the runner and its settings
         values["runner"] = "DirectRunner"
         if run.workers > 1:
