@@ -224,6 +224,31 @@ def numpy_limit(day: DayArrays, timeframes: str, feature_timeframes: str) -> tup
     return time.perf_counter() - started, dict(counts)
 
 
+def exact_sums_cost(day: DayArrays) -> str:
+    """What exact decimal volume sums cost against float sums, per 15 s batch as the pipeline
+    forms them (transforms.exact.batch_sums vs np.sum/np.dot), on the day's own ticks."""
+    from transforms.exact import batch_sums
+
+    batches = []
+    for columns in day.symbols.values():
+        bucket = columns["timestamp"] // 15_000_000
+        starts = np.flatnonzero(np.r_[True, np.diff(bucket) != 0, True])
+        side = np.where(columns["buy"], 1, -1).astype(np.int8)
+        batches += [(columns["price"][a:b], columns["amount"][a:b], side[a:b])
+                    for a, b in zip(starts[:-1], starts[1:])]
+    started = time.perf_counter()
+    for price, amount, side in batches:
+        float(amount.sum()), float(np.dot(price, amount)), float(amount[side == 1].sum()), float(amount[side == -1].sum())
+    floats = time.perf_counter() - started
+    started, hints = time.perf_counter(), (0, 0)
+    for price, amount, side in batches:
+        *_, amount_decimals, price_decimals = batch_sums(price, amount, side, hints)
+        hints = (amount_decimals, price_decimals)
+    exact = time.perf_counter() - started
+    return (f"exact decimal sums: {exact:.2f}s vs float sums {floats:.2f}s over {len(batches):,} "
+            f"15 s batches = +{(exact - floats) / day.ticks * 1e9:,.0f} ns per tick")
+
+
 # ------------------------------------------------------------------------------------ 2. replay
 
 def replay_row(path: str, out_dir: str, timeframes: str, feature_timeframes: str,
@@ -518,6 +543,8 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"loaded (pandas read_csv + sort) in {load_seconds:.1f}s = {day.ticks / load_seconds:,.0f} ticks/s",
           flush=True)
     print(f"numpy limit: {limit_seconds:.2f}s = {day.ticks / limit_seconds:,.0f} ticks/s", flush=True)
+    exact_line = exact_sums_cost(day)
+    print(exact_line, flush=True)
 
     if not args.skip_replay:
         rows.append(replay_row(path, os.path.join(args.work_dir, "replay"), args.timeframes,
@@ -534,7 +561,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"backfill: {rows[-1].note}", flush=True)
     print_table(rows, rows[0].ticks_per_second, command,
                 [f"load of the CSV.gz (not in the numpy row): {load_seconds:.2f}s; machine: "
-                 f"{os.cpu_count()} cores, {os.getloadavg()[0]:.1f} load avg at the end"])
+                 f"{os.cpu_count()} cores, {os.getloadavg()[0]:.1f} load avg at the end", exact_line])
     return 0
 
 
