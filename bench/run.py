@@ -118,11 +118,17 @@ class Measured:
     peak_rss_bytes: int
     output: str
     returncode: int
+    cpu_seconds: float = 0.0  # user + system of the process and the descendants it waited for
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_measured(command: list[str], env: Optional[dict[str, str]] = None, timeout: float = 7200) -> Measured:
-    """Runs ``command`` to completion; wall time, peak tree RSS and combined output."""
-    started = time.perf_counter()
+    """Runs ``command`` to completion; wall time, CPU time, peak tree RSS and combined output."""
+    started, cpu_before = time.perf_counter(), _children_cpu_seconds()
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True)
     monitor = PeakRssMonitor(process.pid)
@@ -134,7 +140,8 @@ def run_measured(command: list[str], env: Optional[dict[str, str]] = None, timeo
             from pipelines.local_stack import _terminate_group
             _terminate_group(process)
         peak = monitor.stop()
-    return Measured(time.perf_counter() - started, peak, output.decode(errors="replace"), process.returncode)
+    return Measured(time.perf_counter() - started, peak, output.decode(errors="replace"), process.returncode,
+                    _children_cpu_seconds() - cpu_before)
 
 
 def _checked(measured: Measured, what: str) -> Measured:
@@ -421,13 +428,14 @@ def numpy_with_load(paths: list[str], timeframes: str, feature_timeframes: str
                     ) -> tuple[float, int, dict[str, int]]:
     """Seconds to load every file (pandas read_csv) and compute what the pipeline computes, one
     series per symbol across the files; ticks; non-empty candles per timeframe."""
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     days = [load_day(path) for path in paths]
     month = DayArrays()
     for symbol in sorted({s for day in days for s in day.symbols}):
         parts = [day.symbols[symbol] for day in days if symbol in day.symbols]
         month.symbols[symbol] = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     _, counts = numpy_limit(month, timeframes, feature_timeframes)
+    print(f"numpy incl. load: {time.process_time() - cpu_started:.1f} CPU-s", flush=True)
     return time.perf_counter() - started, month.ticks, counts
 
 
@@ -460,11 +468,14 @@ def backfill_rows(args: argparse.Namespace) -> list[Row]:
         same = dict(got) == expected
         per_worker[workers] = measured.seconds
         speedup = per_worker[1] / measured.seconds
+        # CPU seconds say what a core does whatever else the shared machine runs meanwhile
         rows.append(Row(f"mds backfill, {workers} worker{'s' if workers > 1 else ''}", ticks,
                         measured.seconds, measured.peak_rss_bytes,
                         f"{'candles = numpy' if same else f'MISMATCH {dict(got)} vs {expected}'}; "
-                        f"{ticks / measured.seconds / workers:,.0f} ticks/s per core; "
-                        f"{speedup:.2f}× of 1 worker; {measured.seconds / limit_seconds:.1f}× numpy incl. load"))
+                        f"{ticks / measured.seconds / workers:,.0f} ticks/s per core (wall), "
+                        f"{ticks / measured.cpu_seconds:,.0f} per CPU-second ({measured.cpu_seconds:,.0f} "
+                        f"CPU-s); {speedup:.2f}× of 1 worker; {measured.seconds / limit_seconds:.1f}× "
+                        f"numpy incl. load"))
     return rows
 
 
