@@ -493,8 +493,10 @@ def test_compose_builds_reference_existing_files() -> None:
 
 
 def test_compose_commands_are_real_commands() -> None:
-    """The pipelines take MarketDataOptions flags; `mds` sub-commands exist; status flags parse."""
+    """The pipelines take MarketDataOptions flags (and the local run's own); `mds` sub-commands
+    exist; status flags parse."""
     from pipelines.cli import COMMANDS
+    from pipelines.local_mode import LocalRunOptions
     from pipelines.operate import build_parser
     from pipelines.options import MarketDataOptions
 
@@ -504,6 +506,7 @@ def test_compose_commands_are_real_commands() -> None:
         options = MarketDataOptions(service["command"])
         assert options.mode == name.split("-")[1]
         known = set(options.get_all_options(retain_unknown_options=False))
+        assert options.view_as(LocalRunOptions).local_journal_dir.startswith("/journal/")
         for argument in service["command"]:
             assert argument.split("=")[0].lstrip("-") in known, argument
     for name, service in SERVICES.items():
