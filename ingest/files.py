@@ -1,27 +1,48 @@
-"""Trade files on disk (or GCS, through Beam's FileSystems) as wire-format tick dicts.
+"""Trade files on disk (or GCS, through Beam's FileSystems) as wire records.
 
-Three formats, told apart by their first line: JSONL(.gz) of ticks or batch messages; a Tardis.dev
+Four formats, told apart by their first line: JSONL(.gz) of ticks or batch messages; a Tardis.dev
 ``trades`` CSV (header exchange,symbol,timestamp,local_timestamp,id,side,price,amount, µs times);
 Binance's raw trades CSV (no header: id,price,qty,quote_qty,time,is_buyer_maker,is_best_match; ms
-times, µs from 2025 on). Rows are converted, not validated: the pipeline's parser validates every
-tick the same way whatever its source, so a bad row becomes a dead-letter row there.
+times, µs from 2025 on); and recorded venue frames in Tardis.dev's data-feed line format
+(``<28-char ISO local time> <frame>``, an empty line = a disconnect), read like a replay.
+
+CSV rows are converted, not validated: the pipeline's parser validates every tick the same way
+whatever its source, so a bad cell becomes a dead-letter row there. What cannot even be converted
+(a row that does not split into its columns, a line that is not UTF-8, a derivative whose contract
+value is unknown) becomes an error record here. Lines are read as bytes and split with one CSV rule
+(RFC 4180 quotes, no newline inside a field) that the Node.js reader (``src/sources/file.js``)
+repeats exactly, so both workers publish the same bytes for the same file.
 """
 from __future__ import annotations
 
-import csv
 import gzip
 import io
-import json
+import math
 import os
 import re
-from typing import IO, Any, Iterator
+import time
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
-from ingest.message import BATCH_KEY, make_tick
-from ingest.symbols import to_user_symbol
+from ingest.message import (BATCH_KEY, DISCONNECTS_KEY, FIELD_AMOUNT, FIELD_ERROR, FIELD_EXCHANGE,
+                            FIELD_INSTRUMENT_KIND, FIELD_SYMBOL, FIELD_TIMESTAMP, FIELD_VENUE_AMOUNT, ERROR_SYMBOL,
+                            make_error_record, make_tick)
+from ingest.values import SAFE_INTEGER, SyntheticIds, ValueRejected, load_frame, number, show, time_us
+from ingest.venues import Instrument, load, split_native
+
+if TYPE_CHECKING:
+    from ingest.streams import FrameStream, SourceItem
 
 TARDIS_HEADER = ["exchange", "symbol", "timestamp", "local_timestamp", "id", "side", "price", "amount"]
 FORMAT_JSONL, FORMAT_TARDIS_CSV, FORMAT_BINANCE_CSV = "jsonl", "tardis_csv", "binance_csv"
+FORMAT_TARDIS_LINES = "tardis_lines"
 _BINANCE_NAME = re.compile(r"(?P<symbol>[A-Z0-9]+)-trades-\d{4}-\d{2}(-\d{2})?", re.IGNORECASE)
+_TARDIS_LINE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{8,}Z ")
+_INTEGER = re.compile(r"-?[0-9]+")
+# Wire fields a JSONL record may carry, in wire order; floats are written as floats in them.
+RECORD_FIELDS = ("exchange", "symbol", "nativeSymbol", "id", "price", "amount", "side", "timestamp",
+                 "localTimestamp", FIELD_INSTRUMENT_KIND, FIELD_VENUE_AMOUNT, FIELD_ERROR, "_raw")
+FLOAT_FIELDS = frozenset({"price", FIELD_AMOUNT, FIELD_VENUE_AMOUNT})
+MARKER_FIELDS = (FIELD_EXCHANGE, FIELD_SYMBOL, FIELD_TIMESTAMP)
 
 
 def open_binary(path: str) -> IO[bytes]:
@@ -42,8 +63,8 @@ def open_text(path: str) -> IO[str]:
 
 
 def sniff_format(path: str) -> str:
-    with open_text(path) as handle:
-        return detect_format(handle.readline())
+    with open_binary(path) as handle:
+        return detect_format(handle.readline().decode("utf-8", "replace"))
 
 
 def iter_tardis_columns(path: str, block_bytes: int = 1 << 22) -> Iterator[Any]:
@@ -73,107 +94,275 @@ def detect_format(first_line: str) -> str:
         return FORMAT_JSONL
     if stripped.split(",")[:2] == TARDIS_HEADER[:2]:
         return FORMAT_TARDIS_CSV
-    if stripped[:1].isdigit():
+    if _TARDIS_LINE.match(first_line):
+        return FORMAT_TARDIS_LINES
+    if stripped[:1].isascii() and stripped[:1].isdigit():
         return FORMAT_BINANCE_CSV
     raise ValueError(f"unrecognised trades file format, first line: {stripped[:80]!r}")
 
 
-def _number(text: str) -> Any:
-    """A CSV cell as a float, or the text itself if it is not a number (the parser rejects it)."""
+def split_csv_line(line: str) -> list[str]:
+    """One CSV record: RFC 4180 quotes ("" inside quotes is a quote), no newline inside a field;
+    a trailing CR is dropped, an empty line has no cells."""
+    text = line[:-1] if line.endswith("\r") else line
+    if '"' not in text:
+        return text.split(",") if text else []
+    cells, cell, quoted, i = [], [], False, 0
+    while i < len(text):
+        char = text[i]
+        if quoted:
+            if char == '"' and text[i + 1:i + 2] == '"':
+                cell.append('"')
+                i += 1
+            elif char == '"':
+                quoted = False
+            else:
+                cell.append(char)
+        elif char == '"' and not cell:
+            quoted = True
+        elif char == ",":
+            cells.append("".join(cell))
+            cell = []
+        else:
+            cell.append(char)
+        i += 1
+    cells.append("".join(cell))
+    return cells
+
+
+def cell_number(text: str) -> Any:
+    """A CSV cell as a float when it is a finite decimal, else the text (the parser rejects it)."""
     try:
-        return float(text)
-    except ValueError:
+        return number(text, "cell")
+    except ValueRejected:
         return text
 
 
-def _us(text: str, unit_us: int = 1) -> Any:
-    try:
-        return int(text) * unit_us
-    except ValueError:
-        return text
+def cell_integer(text: str) -> Any:
+    """A CSV cell as an integer when it is one, else the text."""
+    return int(text) if _INTEGER.fullmatch(text) else text
 
 
-def _tardis_rows(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    for row in csv.reader(lines):
-        if not row:
-            continue
+def _now_us() -> int:
+    return time.time_ns() // 1_000
+
+
+class CsvRows:
+    """CSV rows of one file → records; synthetic ids count per file."""
+
+    def __init__(self) -> None:
+        self.contract = load()
+        self.ids = SyntheticIds()
+
+    def tardis(self, row: list[str], raw: str) -> dict[str, Any]:
         if len(row) != len(TARDIS_HEADER):
-            yield {"_raw": ",".join(row), "_error": f"expected {len(TARDIS_HEADER)} columns, got {len(row)}"}
-            continue
-        yield tardis_tick(row)
+            return make_error_record(ERROR_SYMBOL, f"expected {len(TARDIS_HEADER)} columns, got {len(row)}", raw,
+                                     _now_us())
+        source, native, ts, local_ts, trade_id, side, price, amount = row
+        feeds = self.contract.feeds_for_tardis(source)
+        exchange = feeds[0].exchange if feeds else source
+        instrument = self.contract.instrument_for_tardis(source, native) if feeds else None
+        if feeds and instrument is None:
+            return make_error_record(exchange, f"{exchange}: {show(native)} is not in instruments.csv for Tardis "
+                                               f"{source}: its contract value is unknown", raw, _now_us())
+        return self._tick(exchange, instrument, native, cell_integer(ts), cell_integer(local_ts), trade_id, side,
+                          price, amount, raw)
+
+    def binance(self, row: list[str], native: str, raw: str) -> dict[str, Any]:
+        if len(row) < 6:
+            return make_error_record("binance", f"expected 7 columns, got {len(row)}", raw, _now_us())
+        trade_id, price, qty, _quote_qty, time_raw, buyer_is_maker = row[:6]
+        maker = buyer_is_maker.strip().lower()
+        if maker not in ("true", "false"):
+            return make_error_record("binance", f"binance: is_buyer_maker is not True or False: {show(buyer_is_maker)}",
+                                     raw, _now_us())
+        try:  # ms until 2024, µs since 2025: the unit is detected per value
+            ts: Any = time_us(time_raw) if _INTEGER.fullmatch(time_raw) else time_raw
+        except ValueRejected:
+            ts = time_raw
+        instrument = self.contract.instrument(self.contract.feeds[("binance", "spot")], native)
+        return self._tick("binance", instrument, native, ts, ts, trade_id, "sell" if maker == "true" else "buy",
+                          price, qty, raw)
+
+    def _tick(self, exchange: str, instrument: Instrument | None, native: str, ts: Any, local_ts: Any,
+              trade_id: str, side: str, price_text: str, quantity_text: str, raw: str) -> dict[str, Any]:
+        price, quantity = cell_number(price_text), cell_number(quantity_text)
+        amount: Any = quantity
+        kind = instrument.kind if instrument is not None else "spot"
+        try:
+            if kind != "spot" and isinstance(price, float) and isinstance(quantity, float):
+                amount = instrument.base_amount(quantity_text, price)  # type: ignore[union-attr]
+            if trade_id == "":
+                trade_id = self.ids.next(exchange, native, time_us(ts, "timestamp"),
+                                         number(price_text, "price"), number(quantity_text, "amount"), side)
+        except ValueRejected as exc:
+            reason = str(exc) if trade_id else f"no trade id, and {exc}"
+            return make_error_record(exchange, f"{exchange}: {reason}", raw, _now_us())
+        symbol = instrument.symbol if instrument is not None else _generic_symbol(native)
+        tick = make_tick(exchange, symbol, native, trade_id, 0.0, 0.0, side, 0, 0, kind, 0.0)
+        tick.update(price=price, amount=amount, timestamp=ts, localTimestamp=local_ts)
+        if kind != "spot":
+            tick[FIELD_VENUE_AMOUNT] = quantity
+        return tick
+
+
+def _generic_symbol(native: str) -> str:
+    base, quote, rest = split_native(native)
+    return "-".join([base, quote, *rest]) if quote else native.upper()
 
 
 def tardis_tick(row: list[str]) -> dict[str, Any]:
-    """One Tardis trades CSV row (cells as read) as a wire-format tick dict."""
-    exchange, native, ts, local_ts, trade_id, side, price, amount = row
-    tick = make_tick(exchange, to_user_symbol(native), native, trade_id, 0.0, 0.0, side, 0, 0)
-    tick.update(price=_number(price), amount=_number(amount), timestamp=_us(ts),
-                localTimestamp=_us(local_ts))
-    return tick
+    """One Tardis trades CSV row (cells as read) as a wire record (the pipeline's dead-letter path)."""
+    return CsvRows().tardis(row, ",".join(row))
 
 
-def _binance_rows(lines: Iterator[str], native: str) -> Iterator[dict[str, Any]]:
-    symbol = to_user_symbol(native)
-    for row in csv.reader(lines):
-        if not row:
+def _canonical_scalar(key: str, value: Any) -> Any:
+    """A JSONL field value as both workers write it: 5.0 and 5 are one number to JavaScript, so
+    the wire's float fields always get a float and the others an integer when it is one."""
+    if isinstance(value, (dict, list)):
+        raise ValueRejected(f"field {show(key)} is not a scalar")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueRejected(f"field {show(key)} is not finite")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if key in FLOAT_FIELDS:
+        return float(value)
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) <= SAFE_INTEGER else value
+
+
+def canonical_record(record: Any) -> dict[str, Any]:
+    """A JSONL tick as both workers republish it: the wire fields in wire order, others left out."""
+    if not isinstance(record, dict):
+        raise ValueRejected("tick is not an object")
+    return {key: _canonical_scalar(key, record[key]) for key in RECORD_FIELDS if key in record}
+
+
+def _canonical_marker(marker: Any) -> dict[str, Any]:
+    if not isinstance(marker, dict) or not all(isinstance(marker.get(k), str) for k in MARKER_FIELDS[:2]) \
+            or marker.get(FIELD_TIMESTAMP) is None:
+        raise ValueRejected("bad disconnect marker")
+    return {key: _canonical_scalar(key, marker[key]) for key in MARKER_FIELDS}
+
+
+def jsonl_items(line: str) -> list[Any]:
+    """One JSONL line → records, then ``Disconnect`` markers."""
+    from ingest.streams import Disconnect
+
+    def error(reason: str) -> dict[str, Any]:
+        return make_error_record(ERROR_SYMBOL, reason, line, _now_us())
+
+    try:
+        message = load_frame(line)
+    except ValueRejected as exc:
+        return [error(str(exc).replace("frame", "line"))]
+    if not isinstance(message, dict):
+        return [error("line is not a JSON object")]
+    records, markers = (message[BATCH_KEY], message.get(DISCONNECTS_KEY) or []) if BATCH_KEY in message \
+        else ([message], [])
+    if not isinstance(records, list) or not isinstance(markers, list):
+        return [error("ticks/disconnects must be arrays")]
+    items: list[Any] = []
+    for record in records:
+        try:
+            items.append(canonical_record(record))
+        except ValueRejected as exc:
+            items.append(error(str(exc)))
+    for marker in markers:
+        try:
+            canonical = _canonical_marker(marker)
+            ts_us = time_us(canonical[FIELD_TIMESTAMP], "marker timestamp")
+            items.append(Disconnect(canonical[FIELD_EXCHANGE], canonical[FIELD_SYMBOL], ts_us))
+        except ValueRejected as exc:
+            items.append(error(str(exc)))
+    return items
+
+
+def _lines(path: str) -> Iterator[bytes]:
+    with open_binary(path) as handle:
+        yield from handle
+
+
+def _decoded(line: bytes) -> str | None:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def iter_file_items(path: str, make_stream: "Callable[[], FrameStream] | None" = None) -> Iterator["SourceItem"]:
+    """Every record and marker of a file, for a publisher. A recorded session of venue frames is
+    read by the ``FrameStream`` of its feed, which ``make_stream`` builds."""
+    from ingest.streams import line_items
+
+    lines = _lines(path)
+    first = next(lines, None)
+    if first is None:
+        return
+    file_format = detect_format(first.decode("utf-8", "replace"))
+    if file_format == FORMAT_TARDIS_LINES:
+        if make_stream is None:
+            raise ValueError(f"{path}: recorded venue frames: say --exchange and --symbol")
+        stream = make_stream()
+        for line in _chain(first, lines):
+            yield from line_items(stream, line)
+        return
+    rows = CsvRows()
+    native = ""
+    if file_format == FORMAT_BINANCE_CSV:
+        match = _BINANCE_NAME.search(os.path.basename(path))
+        native = match.group("symbol").upper() if match else "UNKNOWN"
+    for number_, line in enumerate(_chain(first, lines), start=1):
+        if file_format == FORMAT_TARDIS_CSV and number_ == 1:
             continue
-        if len(row) < 6:
-            yield {"_raw": ",".join(row), "_error": f"expected 7 columns, got {len(row)}"}
-            continue
-        trade_id, price, qty, _quote_qty, time_raw, buyer_is_maker = row[:6]
-        # Binance files switched from ms to µs times in 2025: 16 digits means µs already.
-        ts = _us(time_raw, 1 if len(time_raw.strip()) >= 16 else 1000)
-        side = "sell" if buyer_is_maker.strip().lower() == "true" else "buy"
-        tick = make_tick("binance", symbol, native, trade_id, 0.0, 0.0, side, 0, 0)
-        tick.update(price=_number(price), amount=_number(qty), timestamp=ts, localTimestamp=ts)
-        yield tick
+        text = _decoded(line)
+        body = (text or "").rstrip("\n")
+        if text is None:
+            yield make_error_record(ERROR_SYMBOL, f"line {number_} is not UTF-8 text", line.rstrip(b"\n"), _now_us())
+        elif file_format == FORMAT_JSONL:
+            if body.strip():
+                yield from jsonl_items(body)
+        else:
+            row = split_csv_line(body)
+            if row:
+                yield rows.tardis(row, body) if file_format == FORMAT_TARDIS_CSV else rows.binance(row, native, body)
+
+
+def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
 
 
 def iter_records(path: str) -> Iterator[dict[str, Any] | str]:
-    """Wire-format tick dicts for CSV files; for JSONL, each line as it is (a message to parse).
-
-    Rows that cannot even be split into columns come out as ``{"_raw", "_error"}`` dicts so the
-    parser dead-letters them with the reason.
-    """
+    """The pipeline's file replay: wire records for CSV files; for JSONL, each line as it is (a
+    message for the pipeline's parser to judge)."""
     with open_text(path) as handle:
         first = handle.readline()
-        if not first:
-            return
-        file_format = detect_format(first)
-        if file_format == FORMAT_JSONL:
-            for line in [first] + list(_lines(handle)):
+    if first and detect_format(first) == FORMAT_JSONL:
+        with open_text(path) as handle:
+            for line in handle:
                 if line.strip():
                     yield line.rstrip("\n")
-        elif file_format == FORMAT_TARDIS_CSV:
-            yield from _tardis_rows(_lines(handle))
-        else:
-            match = _BINANCE_NAME.search(os.path.basename(path))
-            native = match.group("symbol").upper() if match else "UNKNOWN"
-            yield from _binance_rows(iter([first] + list(_lines(handle))), native)
-
-
-def _lines(handle: IO[str]) -> Iterator[str]:
-    yield from handle
+        return
+    for item in iter_file_items(path):
+        if isinstance(item, dict):
+            yield item
 
 
 def iter_ticks(path: str) -> Iterator[dict[str, Any]]:
-    """Every tick of a file as a wire-format dict, batches of JSONL messages flattened.
-
-    Malformed JSON lines and unsplittable rows raise ValueError: a publisher should not forward
-    what it cannot read (the pipeline's own file replay dead-letters them instead).
-    """
-    for record in iter_records(path):
-        if isinstance(record, str):
-            message = json.loads(record)
-            yield from (message[BATCH_KEY] if BATCH_KEY in message else [message])
-        elif "_error" in record:
-            raise ValueError(f"{path}: {record['_error']}: {record['_raw'][:120]!r}")
-        else:
-            yield record
+    """Every tick of a file, batches flattened; ValueError for anything that is not a tick (a
+    caller that must not forward what it cannot read)."""
+    for item in iter_file_items(path):
+        if not isinstance(item, dict):
+            continue
+        if FIELD_ERROR in item:
+            raise ValueError(f"{path}: {item[FIELD_ERROR]}: {str(item.get('_raw'))[:120]!r}")
+        yield item
 
 
 def write_tardis_csv(ticks: Iterator[dict[str, Any]], path: str) -> int:
     """Write wire-format ticks as a Tardis ``trades`` CSV (gzipped for ``.gz``); returns the count."""
+    import csv
+
     from ingest.message import parse_time_us
 
     opener = gzip.open if path.endswith(".gz") else open
