@@ -140,7 +140,9 @@ export async function* replayEvents({ feed, instruments, from, to, apiKey = '', 
     const base = tardisEndpoint(endpoint);
     await tardisPreflight({ endpoint: base, feed, channel, apiKey, fetchImpl, log, retryMs: preflightRetryMs });
     const window = sliceWindow(from, to);
-    const filters = [{ channel, symbols: feed.tardisSymbols(instruments.map((i) => i.native)) }];
+    // tardis-client sorts a channel's symbols (its cache key depends on it): the same request here.
+    const symbols = feed.tardisSymbols(instruments.map((i) => i.native)).sort();
+    const filters = [{ channel, symbols }];
     const pending = [];
     const request = (offset) => {
       const slice = fetchSlice(sliceUrl(base, feed.tardis.exchange, window.from, offset, filters),
