@@ -113,6 +113,7 @@ def test_live_session_gives_the_same_ticks_markers_and_frames_from_both_workers(
                                                "--batch-size", "1", "--quiet"], output, wanted)
         assert result.returncode == 0, (worker, result.stderr[-2000:])
         assert not server.errors, server.errors
+        assert "📡 connected to ws://127.0.0.1" in result.stdout and "📡 reconnected to" in result.stdout, worker
         outputs[worker], servers[worker] = lines, server
     assert mask_markers(mask_wall_clock(outputs["python"])) == mask_markers(mask_wall_clock(outputs["node"]))
     for worker, lines in outputs.items():
