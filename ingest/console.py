@@ -50,9 +50,11 @@ def _number(value: Any) -> float | None:
 @dataclass
 class _Candle:
     start_us: int
-    open_key: tuple
+    open_ts: int
+    open_id: Any
     open: float
-    close_key: tuple
+    close_ts: int
+    close_id: Any
     close: float
     high: float
     low: float
@@ -82,7 +84,7 @@ class LocalCandles:
             return []
         key = (_text(record.get(FIELD_EXCHANGE)), _text(record.get(FIELD_SYMBOL)))
         start = ts_us // CANDLE_US * CANDLE_US
-        order = (ts_us, id_order_key(record.get(FIELD_ID, "")))
+        trade_id = record.get(FIELD_ID, "")
         lines = []
         candle = self._open.get(key)
         if candle is not None and start > candle.start_us:
@@ -91,15 +93,18 @@ class LocalCandles:
         if candle is None:
             if key in self._printed and start <= self._printed[key]:
                 return lines  # a late tick of a candle already printed
-            self._open[key] = _Candle(start, order, price, order, price, price, price, amount,
+            self._open[key] = _Candle(start, ts_us, trade_id, price, ts_us, trade_id, price, price, price, amount,
                                       partial=start in self._marked.get(key, set()))
             return lines
         if start < candle.start_us:
             return lines
-        if order < candle.open_key:
-            candle.open_key, candle.open = order, price
-        if order >= candle.close_key:
-            candle.close_key, candle.close = order, price
+        # (timestamp, id) order; the id only decides between ticks of the same microsecond
+        if ts_us < candle.open_ts or (ts_us == candle.open_ts
+                                      and id_order_key(trade_id) < id_order_key(candle.open_id)):
+            candle.open_ts, candle.open_id, candle.open = ts_us, trade_id, price
+        if ts_us > candle.close_ts or (ts_us == candle.close_ts
+                                       and id_order_key(trade_id) >= id_order_key(candle.close_id)):
+            candle.close_ts, candle.close_id, candle.close = ts_us, trade_id, price
         candle.high, candle.low = max(candle.high, price), min(candle.low, price)
         candle.volume += amount
         candle.trades += 1

@@ -36,6 +36,7 @@ ATTR_BAD_EVENT_TIME = "mds_bad_ts"
 EVENT_TIME_MAX_MS = 253_402_300_799_999
 _CANONICAL_EVENT_TIME = re.compile(r"(0|[1-9][0-9]{0,14})")
 _ASCII_INTEGER = re.compile(r"-?[0-9]+")
+_CANONICAL_FRACTION = re.compile(r"\.[0-9]{6}Z")
 
 # Tick fields.
 FIELD_EXCHANGE = "exchange"
@@ -61,10 +62,17 @@ BATCH_KEY = "ticks"
 DISCONNECTS_KEY = "disconnects"
 
 
+_SECOND_STAMPS: dict[int, str] = {}  # epoch second → "YYYY-MM-DDTHH:MM:SS": ticks come in bursts
+
+
 def iso_from_us(ts_us: int) -> str:
     """ISO-8601 UTC with microseconds, the form Tardis uses for timestamps."""
     seconds, micros = divmod(int(ts_us), 1_000_000)
-    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = _SECOND_STAMPS.get(seconds)
+    if stamp is None:
+        if len(_SECOND_STAMPS) >= 256:
+            _SECOND_STAMPS.clear()
+        stamp = _SECOND_STAMPS[seconds] = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{micros:06d}Z"
 
 
@@ -182,6 +190,9 @@ def message_attributes(data: bytes, exchange: str, symbol: str, records: int, si
     }
 
 
+_last_prefix: list = [None, 0]  # ("YYYY-MM-DDTHH:MM:SS", its µs) of the last canonical time parsed
+
+
 def parse_time_us(value: Any) -> int:
     """Event time in µs from an ISO-8601 string or an epoch number (s, ms, µs or ns by magnitude).
 
@@ -202,6 +213,8 @@ def parse_time_us(value: Any) -> int:
             return int(number)
         return math.floor(number / 1_000)
     if isinstance(value, str):
+        if len(value) == 27 and value[:19] == _last_prefix[0] and _CANONICAL_FRACTION.fullmatch(value, 19):
+            return _last_prefix[1] + int(value[20:26])  # the canonical form, same second as before
         text = value.strip()
         if _ASCII_INTEGER.fullmatch(text):
             return parse_time_us(int(text))
@@ -214,7 +227,10 @@ def parse_time_us(value: Any) -> int:
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
         delta = parsed - datetime(1970, 1, 1, tzinfo=timezone.utc)
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        if len(value) == 27 and _CANONICAL_FRACTION.fullmatch(value, 19):
+            _last_prefix[:] = value[:19], us - us % 1_000_000
+        return us
     raise ValueError(f"timestamp has unsupported type {type(value).__name__}")
 
 

@@ -70,6 +70,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_constant=_reject_constant)
+
+
 def json_depth(text: str) -> int:
     """The deepest nesting of arrays/objects in a JSON text (string contents ignored)."""
     depth = deepest = 0
@@ -87,7 +90,7 @@ def load_frame(text: str) -> Any:
     if text.count("[") + text.count("{") > MAX_DEPTH and json_depth(text) > MAX_DEPTH:
         raise ValueRejected(f"frame is nested deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(text, parse_int=_parse_int, parse_constant=_reject_constant)
+        return _DECODER.decode(text)
     except (ValueError, RecursionError):
         raise ValueRejected("frame is not JSON") from None
 

@@ -36,8 +36,12 @@ function compareText(a, b) {
   }
 }
 
-function compareOrder([tsA, [a0, a1, a2]], [tsB, [b0, b1, b2]]) {
-  return tsA - tsB || a0 - b0 || a1 - b1 || compareText(a2, b2);
+/** (timestamp, id) order; the id only decides between ticks of the same microsecond. */
+function compareOrder(tsA, idA, tsB, idB) {
+  if (tsA !== tsB) return tsA - tsB;
+  const [a0, a1, a2] = idOrderKey(idA);
+  const [b0, b1, b2] = idOrderKey(idB);
+  return a0 - b0 || a1 - b1 || compareText(a2, b2);
 }
 
 function finite(value) {
@@ -67,7 +71,7 @@ export class LocalCandles {
     if (price === undefined || amount === undefined) return [];
     const key = `${text(record[FIELD_EXCHANGE])} ${text(record[FIELD_SYMBOL])}`;
     const start = Math.floor(tsUs / CANDLE_US) * CANDLE_US;
-    const order = [tsUs, idOrderKey(Object.hasOwn(record, FIELD_ID) ? record[FIELD_ID] : '')];
+    const id = Object.hasOwn(record, FIELD_ID) ? record[FIELD_ID] : '';
     const lines = [];
     let candle = this.open.get(key);
     if (candle && start > candle.startUs) {
@@ -76,13 +80,18 @@ export class LocalCandles {
     }
     if (!candle) {
       if (this.printed.has(key) && start <= this.printed.get(key)) return lines;
-      this.open.set(key, { startUs: start, openKey: order, open: price, closeKey: order, close: price, high: price,
-        low: price, volume: amount, trades: 1, partial: this.marked.get(key)?.has(start) ?? false });
+      this.open.set(key, { startUs: start, openTs: tsUs, openId: id, open: price, closeTs: tsUs, closeId: id,
+        close: price, high: price, low: price, volume: amount, trades: 1,
+        partial: this.marked.get(key)?.has(start) ?? false });
       return lines;
     }
     if (start < candle.startUs) return lines;
-    if (compareOrder(order, candle.openKey) < 0) [candle.openKey, candle.open] = [order, price];
-    if (compareOrder(order, candle.closeKey) >= 0) [candle.closeKey, candle.close] = [order, price];
+    if (compareOrder(tsUs, id, candle.openTs, candle.openId) < 0) {
+      Object.assign(candle, { openTs: tsUs, openId: id, open: price });
+    }
+    if (compareOrder(tsUs, id, candle.closeTs, candle.closeId) >= 0) {
+      Object.assign(candle, { closeTs: tsUs, closeId: id, close: price });
+    }
     candle.high = Math.max(candle.high, price);
     candle.low = Math.min(candle.low, price);
     candle.volume += amount;
