@@ -4,7 +4,9 @@ For each venue, the trade frames of its recorded session (tests/fixtures/ingest/
 venue's documented formats) are repeated with fresh trade ids and times into a file of Tardis
 data-feed lines (``--trades`` trades), which each worker reads with ``--source`` (the same
 normalizer, dedup and publisher as its live and replay paths) and publishes as fast as it can.
-ticks/s is the worker's own summary (published ÷ its run time). Not a test: figures to report.
+ticks/s is the worker's own summary (published ÷ its run time); ticks per CPU-second divides by the
+user + system CPU the worker process used (start-up included), a figure that depends less on what
+else the shared cores are doing. Not a test: figures to report.
 
     .venv/bin/python -m bench.ingest_venues [--trades 200000] [--batch-size 500] [--venues bybit,okx]
 """
@@ -15,6 +17,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -75,17 +78,21 @@ def write_lines(name: str, trades: int, path: Path) -> int:
     return written
 
 
-def measure(worker: str, args: list[str], env: dict[str, str]) -> tuple[int, float]:
+def measure(worker: str, args: list[str], env: dict[str, str]) -> tuple[int, float, float]:
+    """(ticks published, ticks/s by the worker's own clock, CPU seconds of the worker)."""
     command = [sys.executable, "-m", "ingest.cli", *args] if worker == "python" else \
         ["node", str(REPO / "ingest" / "nodejs" / "bin" / "mds-ingest.js"), *args]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     output = result.stdout + result.stderr
     match = (PY_SUMMARY if worker == "python" else NODE_SUMMARY).search(output)
     if result.returncode != 0 or not match:
         raise RuntimeError(f"{worker}: exit {result.returncode}\n{output[-2000:]}")
     published = int(match.group(1).replace(",", ""))
     rate = float((match.group(3) if worker == "python" else match.group(2)).replace(",", ""))
-    return published, rate
+    return published, rate, cpu_s
 
 
 def main() -> int:
@@ -94,7 +101,6 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--venues", default=",".join(session_names()))
     args = parser.parse_args()
-    rows = []
     with tempfile.TemporaryDirectory() as tmp, PubSubEmulator() as emulator, pubsub_env(emulator.host):
         env = dict(os.environ, PUBSUB_EMULATOR_HOST=emulator.host, METADATA_SERVER_DETECTION="none")
         for name in args.venues.split(","):
@@ -104,13 +110,12 @@ def main() -> int:
             for worker in ("python", "node"):
                 topic = f"bench-{name}-{worker}"
                 ensure_topic_and_subscription(PROJECT, topic)
-                published, rate = measure(worker, ["--source", str(source), "--exchange", session.exchange,
+                published, rate, cpu_s = measure(worker, ["--source", str(source), "--exchange", session.exchange,
                                                    "--symbol", ",".join(session.symbols), "--topic", topic,
                                                    "--project", PROJECT, "--quiet", "--batch-size",
                                                    str(args.batch_size)], env)
-                rows.append((name, worker, trades, published, rate))
-                print(f"{name:<16} {worker:<7} {published:>9,} of {trades:,} trades published  {rate:>9,.0f} ticks/s",
-                      flush=True)
+                print(f"{name:<16} {worker:<7} {published:>9,} of {trades:,} trades published  {rate:>9,.0f} ticks/s"
+                      f"  {published / cpu_s:>9,.0f} ticks per CPU-second", flush=True)
     load = os.getloadavg()[0]
     print(f"\nBENCH ingest per venue ({args.trades:,} trades each, batch {args.batch_size}, "
           f"Pub/Sub emulator, load average {load:.1f} at the end)")

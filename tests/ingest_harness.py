@@ -260,22 +260,13 @@ class LoopbackTardis:
                 owner.requests.append({"path": url.path, "query": query,
                                        "authorization": self.headers.get("Authorization")})
                 if url.path == f"/v1/exchanges/{tardis_exchange}":
-                    self._send(200, json.dumps({"id": tardis_exchange, "availableChannels": [channel]}).encode())
+                    send_body(self, 200, json.dumps({"id": tardis_exchange, "availableChannels": [channel]}).encode())
                 elif url.path == f"/v1/data-feeds/{tardis_exchange}":
                     start = query["from"]
                     minute = _add_minutes(start, int(query["offset"]))
-                    self._send(200, gzip.compress(slices.get(minute, b"")), gzip_body=True)
+                    send_body(self, 200, gzip.compress(slices.get(minute, b"")), gzip_body=True)
                 else:
-                    self._send(404, b'{"code":100,"message":"Not found"}')
-
-            def _send(self, status: int, body: bytes, gzip_body: bool = False) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                if gzip_body:
-                    self.send_header("Content-Encoding", "gzip")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    send_body(self, 404, b'{"code":100,"message":"Not found"}')
 
             def log_message(self, *args: object) -> None:
                 return
@@ -296,6 +287,17 @@ class LoopbackTardis:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=10)
+
+
+def send_body(handler: BaseHTTPRequestHandler, status: int, body: bytes, gzip_body: bool = False) -> None:
+    """An HTTP response as Tardis.dev sends it: a status, a JSON or gzip body, its length."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    if gzip_body:
+        handler.send_header("Content-Encoding", "gzip")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
 
 
 def _add_minutes(start: str, minutes: int) -> str:

@@ -21,6 +21,7 @@ import pytest
 from ingest.sources import TardisReplayError, tardis_endpoint, tardis_replay
 from ingest.streams import Disconnect, SourceStats
 from ingest.venues import load
+from tests.ingest_harness import send_body
 
 API_KEY = "TD.secret-key-that-must-never-be-logged"
 FROM, TO = "2020-03-01T00:00:00", "2020-03-01T00:02:00"
@@ -55,28 +56,15 @@ class _TardisHandler(BaseHTTPRequestHandler):
         type(self).requests.append({"path": url.path, "query": query,
                                     "authorization": self.headers.get("Authorization")})
         if url.path.startswith("/v1/exchanges/"):
-            body = json.dumps({"id": "binance", "availableChannels": ["trade", "depth"]}).encode()
-            self.send_response(type(self).exchanges_status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_body(self, type(self).exchanges_status,
+                      json.dumps({"id": "binance", "availableChannels": ["trade", "depth"]}).encode())
             return
         if type(self).reject_with_401:
             # A hostile/buggy server echoing the credentials: they must not reach our errors.
-            body = f"invalid key {self.headers.get('Authorization')}".encode()
-            self.send_response(401)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_body(self, 401, f"invalid key {self.headers.get('Authorization')}".encode())
             return
         lines = SLICES.get(int(query["offset"]), [])
-        body = gzip.compress(("\n".join(lines) + "\n").encode()) if lines else gzip.compress(b"")
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-ndjson")
-        self.send_header("Content-Encoding", "gzip")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_body(self, 200, gzip.compress(("\n".join(lines) + "\n").encode() if lines else b""), gzip_body=True)
 
     def log_message(self, *args: object) -> None:
         return
