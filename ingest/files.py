@@ -148,21 +148,30 @@ def _now_us() -> int:
 
 
 class CsvRows:
-    """CSV rows of one file → records; synthetic ids count per file."""
+    """CSV rows of one file → records; synthetic ids count per file (none when ``synthesize_ids``
+    is off: the row keeps its empty id)."""
 
-    def __init__(self) -> None:
+    def __init__(self, synthesize_ids: bool = True) -> None:
         self.contract = load()
-        self.ids = SyntheticIds()
+        self.ids = SyntheticIds() if synthesize_ids else None
+        self._markets: dict[tuple[str, str], tuple[str, Instrument | None, bool]] = {}
+
+    def _market(self, source: str, native: str) -> tuple[str, Instrument | None, bool]:
+        """(our exchange name, the instrument, whether the venue is ours) of a Tardis row."""
+        key = (source, native)
+        if key not in self._markets:
+            feeds = self.contract.feeds_for_tardis(source)
+            instrument = self.contract.instrument_for_tardis(source, native) if feeds else None
+            self._markets[key] = (feeds[0].exchange if feeds else source, instrument, bool(feeds))
+        return self._markets[key]
 
     def tardis(self, row: list[str], raw: str) -> dict[str, Any]:
         if len(row) != len(TARDIS_HEADER):
             return make_error_record(ERROR_SYMBOL, f"expected {len(TARDIS_HEADER)} columns, got {len(row)}", raw,
                                      _now_us())
         source, native, ts, local_ts, trade_id, side, price, amount = row
-        feeds = self.contract.feeds_for_tardis(source)
-        exchange = feeds[0].exchange if feeds else source
-        instrument = self.contract.instrument_for_tardis(source, native) if feeds else None
-        if feeds and instrument is None:
+        exchange, instrument, known = self._market(source, native)
+        if known and instrument is None:
             return make_error_record(exchange, f"{exchange}: {show(native)} is not in instruments.csv for Tardis "
                                                f"{source}: its contract value is unknown", raw, _now_us())
         return self._tick(exchange, instrument, native, cell_integer(ts), cell_integer(local_ts), trade_id, side,
@@ -192,11 +201,11 @@ class CsvRows:
         try:
             if kind != "spot" and isinstance(price, float) and isinstance(quantity, float):
                 amount = instrument.base_amount(quantity_text, price)  # type: ignore[union-attr]
-            if trade_id == "":
+            if trade_id == "" and self.ids is not None:
                 trade_id = self.ids.next(exchange, native, time_us(ts, "timestamp"),
                                          number(price_text, "price"), number(quantity_text, "amount"), side)
         except ValueRejected as exc:
-            reason = str(exc) if trade_id else f"no trade id, and {exc}"
+            reason = str(exc) if trade_id or self.ids is None else f"no trade id, and {exc}"
             return make_error_record(exchange, f"{exchange}: {reason}", raw, _now_us())
         symbol = instrument.symbol if instrument is not None else _generic_symbol(native)
         tick = make_tick(exchange, symbol, native, trade_id, 0.0, 0.0, side, 0, 0, kind, 0.0)
@@ -212,8 +221,10 @@ def _generic_symbol(native: str) -> str:
 
 
 def tardis_tick(row: list[str]) -> dict[str, Any]:
-    """One Tardis trades CSV row (cells as read) as a wire record (the pipeline's dead-letter path)."""
-    return CsvRows().tardis(row, ",".join(row))
+    """One Tardis trades CSV row (cells as read) as a wire record, for the pipeline's dead-letter
+    path: no synthetic id there (that path keeps only the dead letters of what it parses, so a row
+    made valid here would vanish; the pipeline's own replay must synthesize ids with ``CsvRows``)."""
+    return CsvRows(synthesize_ids=False).tardis(row, ",".join(row))
 
 
 def _canonical_scalar(key: str, value: Any) -> Any:

@@ -44,13 +44,23 @@ export const DISCONNECTS_KEY = 'disconnects';
 
 const US_PER_S = 1_000_000;
 
+const secondStamps = new Map(); // epoch second → "YYYY-MM-DDTHH:MM:SS": ticks come in bursts
+
 /** ISO-8601 UTC with microseconds, the form Tardis uses for timestamps. */
 export function isoFromUs(tsUs) {
   const micros = ((tsUs % US_PER_S) + US_PER_S) % US_PER_S;
   const seconds = (tsUs - micros) / US_PER_S;
-  const stamp = new Date(seconds * 1000).toISOString().slice(0, 19);
+  let stamp = secondStamps.get(seconds);
+  if (stamp === undefined) {
+    if (secondStamps.size >= 256) secondStamps.clear();
+    stamp = new Date(seconds * 1000).toISOString().slice(0, 19);
+    secondStamps.set(seconds, stamp);
+  }
   return `${stamp}.${String(micros).padStart(6, '0')}Z`;
 }
+
+const CANONICAL_FRACTION = /^\.[0-9]{6}Z$/;
+let lastPrefix = [null, 0]; // ["YYYY-MM-DDTHH:MM:SS", its µs] of the last canonical time parsed
 
 /** A tick object in the wire format (field order matters: it is part of the bytes). */
 export function makeTick(exchange, symbol, nativeSymbol, tradeId, price, amount, side, tsUs,
@@ -195,12 +205,19 @@ export function parseTimeUs(value) {
     return Math.floor(number / 1_000);
   }
   if (typeof value === 'string') {
+    if (value.length === 27 && value.slice(0, 19) === lastPrefix[0] && CANONICAL_FRACTION.test(value.slice(19))) {
+      return lastPrefix[1] + Number(value.slice(20, 26)); // the canonical form, same second as before
+    }
     const text = value.trim();
     if (/^-*\d+$/.test(text)) {
       if (!/^-?\d+$/.test(text)) throw new RangeError(`timestamp is not a number: ${JSON.stringify(value)}`);
       return parseTimeUs(Number(text));
     }
-    return parseIsoUs(value, text);
+    const us = parseIsoUs(value, text);
+    if (value.length === 27 && CANONICAL_FRACTION.test(value.slice(19))) {
+      lastPrefix = [value.slice(0, 19), us - (((us % US_PER_S) + US_PER_S) % US_PER_S)];
+    }
+    return us;
   }
   throw new RangeError(`timestamp has unsupported type ${value === null ? 'null' : typeof value}`);
 }

@@ -107,7 +107,8 @@ export class FrameStream {
   }
 }
 
-const asciiOrReplacement = (bytes) => Array.from(bytes, (b) => (b < 128 ? String.fromCharCode(b) : '\ufffd')).join('');
+// Python's bytes.decode('ascii', 'replace'): a byte beyond ASCII is U+FFFD.
+const asciiOrReplacement = (bytes) => bytes.toString('latin1').replace(/[\x80-\xff]/g, '\ufffd');
 
 /**
  * One Tardis-format line (a Buffer, its line end included or not) → events; an empty line (at

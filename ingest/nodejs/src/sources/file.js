@@ -87,6 +87,18 @@ export class CsvRows {
   constructor() {
     this.contract = load();
     this.ids = new SyntheticIds();
+    this.markets = new Map();
+  }
+
+  /** [our exchange name, the instrument, whether the venue is ours] of a Tardis row. */
+  market(source, native) {
+    const key = `${source}\u0000${native}`;
+    if (!this.markets.has(key)) {
+      const feeds = this.contract.feedsForTardis(source);
+      const instrument = feeds.length ? this.contract.instrumentForTardis(source, native) : undefined;
+      this.markets.set(key, [feeds.length ? feeds[0].exchange : source, instrument, feeds.length > 0]);
+    }
+    return this.markets.get(key);
   }
 
   tardis(row, raw) {
@@ -94,10 +106,8 @@ export class CsvRows {
       return makeErrorRecord(ERROR_SYMBOL, `expected ${TARDIS_HEADER.length} columns, got ${row.length}`, raw, nowUs());
     }
     const [source, native, ts, localTs, tradeId, side, price, amount] = row;
-    const feeds = this.contract.feedsForTardis(source);
-    const exchange = feeds.length ? feeds[0].exchange : source;
-    const instrument = feeds.length ? this.contract.instrumentForTardis(source, native) : undefined;
-    if (feeds.length && !instrument) {
+    const [exchange, instrument, known] = this.market(source, native);
+    if (known && !instrument) {
       return makeErrorRecord(exchange, `${exchange}: ${show(native)} is not in instruments.csv for Tardis `
         + `${source}: its contract value is unknown`, raw, nowUs());
     }
