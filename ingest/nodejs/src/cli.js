@@ -203,7 +203,7 @@ export async function main(argv, { env = process.env, out = console.log, log = c
     + `${sourceStats.duplicates} duplicates skipped, ${sourceStats.disconnects} disconnects, `
     + `${sourceStats.reconnects} reconnects`);
   if (failure) {
-    log(`mds-ingest: source failed: ${failure.message}`);
+    log(`mds-ingest: ${failure.message}`);
     return 1;
   }
   return stats.messagesFailed > 0 ? 1 : 0;
