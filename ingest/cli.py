@@ -25,9 +25,10 @@ from typing import AsyncIterator, Callable
 
 from ingest.console import Console
 from ingest.message import iso_from_us
-from ingest.publisher import (DEFAULT_MAX_BYTES_IN_FLIGHT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_MESSAGES_IN_FLIGHT,
-                              DEFAULT_PUBLISH_TIMEOUT_S, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES, FileSink,
-                              TickPublisher, make_publisher_client)
+from ingest.clients import (DEFAULT_MAX_BYTES_IN_FLIGHT, DEFAULT_MAX_MESSAGES_IN_FLIGHT, FileSink,
+                            make_publisher_client)
+from ingest.publisher import (DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PUBLISH_TIMEOUT_S, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES,
+                              TickPublisher)
 from ingest.sources import (Backoff, SourceItem, file_items, live_trades, live_with_fallback, paced, tardis_endpoint,
                             tardis_replay)
 from ingest.streams import SourceStats
