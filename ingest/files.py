@@ -103,9 +103,11 @@ def _decoded(line: bytes) -> str | None:
         return None
 
 
-def iter_file_items(path: str, make_stream: "Callable[[], FrameStream] | None" = None) -> Iterator["SourceItem"]:
+def iter_file_items(path: str, make_stream: "Callable[[], FrameStream] | None" = None,
+                    venue_units: bool = True) -> Iterator["SourceItem"]:
     """Every record and marker of a file, for a publisher. A recorded session of venue frames is
-    read by the ``FrameStream`` of its feed, which ``make_stream`` builds."""
+    read by the ``FrameStream`` of its feed, which ``make_stream`` builds. ``venue_units``: see
+    ``ingest.rows.CsvRows``."""
     from ingest.streams import line_items
 
     lines = _lines(path)
@@ -120,7 +122,7 @@ def iter_file_items(path: str, make_stream: "Callable[[], FrameStream] | None" =
         for line in _chain(first, lines):
             yield from line_items(stream, line)
         return
-    rows = CsvRows()
+    rows = CsvRows(venue_units)
     native = ""
     if file_format == FORMAT_BINANCE_CSV:
         match = _BINANCE_NAME.search(os.path.basename(path))
@@ -147,8 +149,8 @@ def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def iter_records(path: str) -> Iterator[dict[str, Any] | str]:
-    """The pipeline's file replay: wire records for CSV files; for JSONL, each line as it is (a
-    message for the pipeline's parser to judge)."""
+    """The pipeline's file replay: records for CSV files, read as its columnar Tardis reader does
+    (``venue_units=False``); for JSONL, each line as it is (a message for its parser to judge)."""
     with open_text(path) as handle:
         first = handle.readline()
     if first and detect_format(first) == FORMAT_JSONL:
@@ -157,7 +159,7 @@ def iter_records(path: str) -> Iterator[dict[str, Any] | str]:
                 if line.strip():
                     yield line.rstrip("\n")
         return
-    for item in iter_file_items(path):
+    for item in iter_file_items(path, venue_units=False):
         if isinstance(item, dict):
             yield item
 

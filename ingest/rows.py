@@ -75,17 +75,26 @@ def _now_us() -> int:
 
 
 class CsvRows:
-    """CSV rows of one file → records; synthetic ids count per file (none when ``synthesize_ids``
-    is off: the row keeps its empty id)."""
+    """CSV rows of one file → records; synthetic ids count per file.
 
-    def __init__(self, synthesize_ids: bool = True) -> None:
+    ``venue_units=False`` keeps what the pipeline's own Tardis CSV reader (``transforms.ticks.
+    parse_columns``) does today, for its per-row paths to stay equal to it: the exchange column as
+    it is, the generic symbol split, the venue's quantity, empty ids left empty. The workers read
+    with ``venue_units=True`` (the contract, docs/ingest.md); the pipeline switches both of its
+    paths together.
+    """
+
+    def __init__(self, venue_units: bool = True) -> None:
         self.contract = load()
-        self.ids = SyntheticIds() if synthesize_ids else None
+        self.venue_units = venue_units
+        self.ids = SyntheticIds() if venue_units else None
         self._markets: dict[tuple[str, str], tuple[str, Instrument | None, bool]] = {}
 
     def _market(self, source: str, native: str) -> tuple[str, Instrument | None, bool]:
         """(our exchange name, the instrument, whether the venue is ours) of a Tardis row."""
         key = (source, native)
+        if not self.venue_units:
+            return source, None, False
         if key not in self._markets:
             feeds = self.contract.feeds_for_tardis(source)
             instrument = self.contract.instrument_for_tardis(source, native) if feeds else None
@@ -116,7 +125,8 @@ class CsvRows:
             ts: Any = time_us(time_raw) if _INTEGER.fullmatch(time_raw) else time_raw
         except ValueRejected:
             ts = time_raw
-        instrument = self.contract.instrument(self.contract.feeds[("binance", "spot")], native)
+        instrument = self.contract.instrument(self.contract.feeds[("binance", "spot")], native) \
+            if self.venue_units else None
         return self._tick("binance", instrument, native, ts, ts, trade_id, "sell" if maker == "true" else "buy",
                           price, qty, raw)
 
@@ -148,10 +158,10 @@ def _generic_symbol(native: str) -> str:
 
 
 def tardis_tick(row: list[str]) -> dict[str, Any]:
-    """One Tardis trades CSV row (cells as read) as a wire record, for the pipeline's dead-letter
-    path: no synthetic id there (that path keeps only the dead letters of what it parses, so a row
-    made valid here would vanish; the pipeline's own replay must synthesize ids with ``CsvRows``)."""
-    return CsvRows(synthesize_ids=False).tardis(row, ",".join(row))
+    """One Tardis trades CSV row (cells as read) as the pipeline's file replay reads it today
+    (``venue_units=False``): its dead-letter path keeps only the dead letters of what it parses, so
+    a row made valid here (an id made up) would vanish there."""
+    return CsvRows(venue_units=False).tardis(row, ",".join(row))
 
 
 def _canonical_scalar(key: str, value: Any) -> Any:
