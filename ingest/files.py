@@ -1,38 +1,44 @@
-"""Trade files on disk (or GCS, through Beam's FileSystems) as wire records.
+"""Trade files on disk (or GCS, through Beam's FileSystems) as wire-format records.
 
 Four formats, told apart by their first line: JSONL(.gz) of ticks or batch messages; a Tardis.dev
 ``trades`` CSV (header exchange,symbol,timestamp,local_timestamp,id,side,price,amount, µs times);
 Binance's raw trades CSV (no header: id,price,qty,quote_qty,time,is_buyer_maker,is_best_match; ms
 times, µs from 2025 on); and recorded venue frames in Tardis.dev's data-feed line format
-(``<28-char ISO local time> <frame>``, an empty line = a disconnect), read like a replay.
+(``<28-char ISO local time> <frame>``, an empty line = a disconnect), which only the ingest workers
+read (like a replay).
 
-CSV rows are converted, not validated: the pipeline's parser validates every tick the same way
-whatever its source, so a bad cell becomes a dead-letter row there. What cannot even be converted
-(a row that does not split into its columns, a line that is not UTF-8, a derivative whose contract
-value is unknown) becomes an error record here. Lines are read as bytes, decoded strictly, and
-turned into records by ``ingest.rows``, whose rules the Node.js reader (``src/sources/file.js``)
-repeats exactly, so both workers publish the same bytes for the same file.
+Two readers. ``iter_records``/``iter_chunks``/``tardis_tick`` are the pipeline's file replay:
+rows are converted, not validated (the pipeline's parser validates every tick the same way
+whatever its source). ``iter_file_items`` is the ingest workers': venue units and symbols from
+the instrument table, ids for rows without one, error records for what cannot be read (lines as
+bytes, decoded strictly, rows by ``ingest.rows``), the same bytes as the Node.js reader
+(``src/sources/file.js``). The pipeline's Tardis CSV reading moves to the workers' rules in both
+of its paths (columnar and per row) at once; until then it keeps its own.
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import io
+import itertools
+import json
 import os
 import re
 import time
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
-from ingest.message import ERROR_SYMBOL, FIELD_ERROR, make_error_record
-from ingest.rows import TARDIS_HEADER, CsvRows, jsonl_items, split_csv_line
-from ingest.rows import tardis_tick  # noqa: F401 (the pipeline's file replay imports it from here)
+from ingest.message import BATCH_KEY, ERROR_SYMBOL, make_error_record, make_tick
+from ingest.rows import CsvRows, jsonl_items, split_csv_line
+from ingest.symbols import to_user_symbol
 
 if TYPE_CHECKING:
     from ingest.streams import FrameStream, SourceItem
 
+TARDIS_HEADER = ["exchange", "symbol", "timestamp", "local_timestamp", "id", "side", "price", "amount"]
 FORMAT_JSONL, FORMAT_TARDIS_CSV, FORMAT_BINANCE_CSV = "jsonl", "tardis_csv", "binance_csv"
 FORMAT_TARDIS_LINES = "tardis_lines"
-_BINANCE_NAME = re.compile(r"(?P<symbol>[A-Z0-9]+)-trades-\d{4}-\d{2}(-\d{2})?", re.IGNORECASE)
 _TARDIS_LINE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{8,}Z ")
+_BINANCE_NAME = re.compile(r"(?P<symbol>[A-Z0-9]+)-trades-\d{4}-\d{2}(-\d{2})?", re.IGNORECASE)
 
 
 def open_binary(path: str) -> IO[bytes]:
@@ -49,12 +55,14 @@ def open_binary(path: str) -> IO[bytes]:
 
 
 def open_text(path: str) -> IO[str]:
-    return io.TextIOWrapper(open_binary(path), encoding="utf-8", newline="")
+    """Text whose invalid UTF-8 bytes become lone surrogates: the parser refuses those cells
+    with a reason instead of the whole file failing to decode."""
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="surrogateescape", newline="")
 
 
 def sniff_format(path: str) -> str:
-    with open_binary(path) as handle:
-        return detect_format(handle.readline().decode("utf-8", "replace"))
+    with open_text(path) as handle:
+        return detect_format(handle.readline(1 << 16))
 
 
 def iter_tardis_columns(path: str, block_bytes: int = 1 << 22) -> Iterator[Any]:
@@ -79,19 +87,146 @@ def iter_tardis_columns(path: str, block_bytes: int = 1 << 22) -> Iterator[Any]:
 
 
 def detect_format(first_line: str) -> str:
+    """The format a first line announces; anything that is not one of the CSVs or recorded venue
+    frames is read as JSONL, so a file of garbage becomes one dead letter per line rather than a
+    failed replay. (The pipeline reads recorded frames as Binance CSV rows: dead letters.)"""
     stripped = first_line.strip()
-    if stripped.startswith("{"):
-        return FORMAT_JSONL
     if stripped.split(",")[:2] == TARDIS_HEADER[:2]:
         return FORMAT_TARDIS_CSV
     if _TARDIS_LINE.match(first_line):
         return FORMAT_TARDIS_LINES
     if stripped[:1].isascii() and stripped[:1].isdigit():
         return FORMAT_BINANCE_CSV
-    raise ValueError(f"unrecognised trades file format, first line: {stripped[:80]!r}")
+    return FORMAT_JSONL
 
 
-def _lines(path: str) -> Iterator[bytes]:
+def iter_chunks(path: str, chunk_size: int) -> Iterator[tuple[Any, int]]:
+    """(element, ticks it holds) for the pipeline's parser: Tardis CSV column chunks (the fast
+    path), lists of record dicts (other CSVs) or JSONL lines. A Tardis CSV that Arrow cannot
+    read on (a row of the wrong width, bytes that are not UTF-8) goes on row by row from where
+    Arrow stopped, so each bad row is a dead letter and the good ones still count."""
+    done = 0
+    if sniff_format(path) == FORMAT_TARDIS_CSV:
+        import pyarrow as pa
+
+        try:
+            for columns in iter_tardis_columns(path):
+                yield columns, columns.num_rows
+                done += columns.num_rows
+            return
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            pass
+    chunk: list[Any] = []
+    for record in itertools.islice(iter_records(path), done, None):
+        if isinstance(record, bytes):
+            yield record, 1
+            continue
+        chunk.append(record)
+        if len(chunk) >= chunk_size:
+            yield chunk, len(chunk)
+            chunk = []
+    if chunk:
+        yield chunk, len(chunk)
+
+
+def _number(text: str) -> Any:
+    """A CSV cell as a float, or the text itself if it is not a number (the parser rejects it)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _us(text: str, unit_us: int = 1) -> Any:
+    try:
+        return int(text) * unit_us
+    except ValueError:
+        return text
+
+
+def _tardis_rows(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    for row in csv.reader(lines):
+        if not row:
+            continue
+        if len(row) != len(TARDIS_HEADER):
+            yield {"_raw": ",".join(row), "_error": f"expected {len(TARDIS_HEADER)} columns, got {len(row)}"}
+            continue
+        yield tardis_tick(row)
+
+
+def tardis_tick(row: list[str]) -> dict[str, Any]:
+    """One Tardis trades CSV row (cells as read) as a wire-format tick dict."""
+    exchange, native, ts, local_ts, trade_id, side, price, amount = row
+    tick = make_tick(exchange, to_user_symbol(native), native, trade_id, 0.0, 0.0, side, 0, 0)
+    tick.update(price=_number(price), amount=_number(amount), timestamp=_us(ts),
+                localTimestamp=_us(local_ts))
+    return tick
+
+
+def _binance_rows(lines: Iterator[str], native: str) -> Iterator[dict[str, Any]]:
+    symbol = to_user_symbol(native)
+    for row in csv.reader(lines):
+        if not row:
+            continue
+        if len(row) < 6:
+            yield {"_raw": ",".join(row), "_error": f"expected 7 columns, got {len(row)}"}
+            continue
+        trade_id, price, qty, _quote_qty, time_raw, buyer_is_maker = row[:6]
+        # Binance files switched from ms to µs times in 2025: 16 digits means µs already.
+        ts = _us(time_raw, 1 if len(time_raw.strip()) >= 16 else 1000)
+        side = "sell" if buyer_is_maker.strip().lower() == "true" else "buy"
+        tick = make_tick("binance", symbol, native, trade_id, 0.0, 0.0, side, 0, 0)
+        tick.update(price=_number(price), amount=_number(qty), timestamp=ts, localTimestamp=ts)
+        yield tick
+
+
+def iter_records(path: str) -> Iterator[dict[str, Any] | bytes]:
+    """Wire-format tick dicts for CSV files; for JSONL, each line's bytes as they are (a message
+    to parse, which may not even be UTF-8).
+
+    Rows that cannot even be split into columns come out as ``{"_raw", "_error"}`` dicts so the
+    parser dead-letters them with the reason.
+    """
+    if sniff_format(path) == FORMAT_JSONL:
+        with open_binary(path) as raw:
+            for line in raw:
+                if line.strip():
+                    yield line.rstrip(b"\r\n")
+        return
+    with open_text(path) as handle:
+        first = handle.readline()
+        if not first:
+            return
+        file_format = detect_format(first)
+        if file_format == FORMAT_TARDIS_CSV:
+            yield from _tardis_rows(_lines(handle))
+        else:
+            match = _BINANCE_NAME.search(os.path.basename(path))
+            native = match.group("symbol").upper() if match else "UNKNOWN"
+            yield from _binance_rows(iter([first] + list(_lines(handle))), native)
+
+
+def _lines(handle: IO[str]) -> Iterator[str]:
+    yield from handle
+
+
+def iter_ticks(path: str) -> Iterator[dict[str, Any]]:
+    """Every tick of a file as a wire-format dict, batches of JSONL messages flattened.
+
+    Malformed JSON lines and unsplittable rows raise ValueError: a publisher should not forward
+    what it cannot read (the pipeline's own file replay dead-letters them instead).
+    """
+    for record in iter_records(path):
+        if isinstance(record, bytes):
+            message = json.loads(record)
+            yield from (message[BATCH_KEY] if BATCH_KEY in message else [message])
+        elif "_error" in record:
+            raise ValueError(f"{path}: {record['_error']}: {record['_raw'][:120]!r}")
+        else:
+            yield record
+
+
+def _byte_lines(path: str) -> Iterator[bytes]:
     with open_binary(path) as handle:
         yield from handle
 
@@ -103,14 +238,12 @@ def _decoded(line: bytes) -> str | None:
         return None
 
 
-def iter_file_items(path: str, make_stream: "Callable[[], FrameStream] | None" = None,
-                    venue_units: bool = True) -> Iterator["SourceItem"]:
-    """Every record and marker of a file, for a publisher. A recorded session of venue frames is
-    read by the ``FrameStream`` of its feed, which ``make_stream`` builds. ``venue_units``: see
-    ``ingest.rows.CsvRows``."""
+def iter_file_items(path: str, make_stream: "Callable[[], FrameStream] | None" = None) -> Iterator["SourceItem"]:
+    """The ingest workers' reader: every record and marker of a file. A recorded session of venue
+    frames is read by the ``FrameStream`` of its feed, which ``make_stream`` builds."""
     from ingest.streams import line_items
 
-    lines = _lines(path)
+    lines = _byte_lines(path)
     first = next(lines, None)
     if first is None:
         return
@@ -122,7 +255,7 @@ def iter_file_items(path: str, make_stream: "Callable[[], FrameStream] | None" =
         for line in _chain(first, lines):
             yield from line_items(stream, line)
         return
-    rows = CsvRows(venue_units)
+    rows = CsvRows()
     native = ""
     if file_format == FORMAT_BINANCE_CSV:
         match = _BINANCE_NAME.search(os.path.basename(path))
@@ -133,7 +266,8 @@ def iter_file_items(path: str, make_stream: "Callable[[], FrameStream] | None" =
         text = _decoded(line)
         body = (text or "").rstrip("\n")
         if text is None:
-            yield make_error_record(ERROR_SYMBOL, f"line {number_} is not UTF-8 text", line.rstrip(b"\n"), time.time_ns() // 1_000)
+            yield make_error_record(ERROR_SYMBOL, f"line {number_} is not UTF-8 text", line.rstrip(b"\n"),
+                                    time.time_ns() // 1_000)
         elif file_format == FORMAT_JSONL:
             if body.strip():
                 yield from jsonl_items(body)
@@ -148,37 +282,8 @@ def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-def iter_records(path: str) -> Iterator[dict[str, Any] | str]:
-    """The pipeline's file replay: records for CSV files, read as its columnar Tardis reader does
-    (``venue_units=False``); for JSONL, each line as it is (a message for its parser to judge)."""
-    with open_text(path) as handle:
-        first = handle.readline()
-    if first and detect_format(first) == FORMAT_JSONL:
-        with open_text(path) as handle:
-            for line in handle:
-                if line.strip():
-                    yield line.rstrip("\n")
-        return
-    for item in iter_file_items(path, venue_units=False):
-        if isinstance(item, dict):
-            yield item
-
-
-def iter_ticks(path: str) -> Iterator[dict[str, Any]]:
-    """Every tick of a file, batches flattened; ValueError for anything that is not a tick (a
-    caller that must not forward what it cannot read)."""
-    for item in iter_file_items(path):
-        if not isinstance(item, dict):
-            continue
-        if FIELD_ERROR in item:
-            raise ValueError(f"{path}: {item[FIELD_ERROR]}: {str(item.get('_raw'))[:120]!r}")
-        yield item
-
-
 def write_tardis_csv(ticks: Iterator[dict[str, Any]], path: str) -> int:
     """Write wire-format ticks as a Tardis ``trades`` CSV (gzipped for ``.gz``); returns the count."""
-    import csv
-
     from ingest.message import parse_time_us
 
     opener = gzip.open if path.endswith(".gz") else open

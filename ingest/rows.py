@@ -75,26 +75,16 @@ def _now_us() -> int:
 
 
 class CsvRows:
-    """CSV rows of one file → records; synthetic ids count per file.
+    """CSV rows of one file → records; synthetic ids count per file."""
 
-    ``venue_units=False`` keeps what the pipeline's own Tardis CSV reader (``transforms.ticks.
-    parse_columns``) does today, for its per-row paths to stay equal to it: the exchange column as
-    it is, the generic symbol split, the venue's quantity, empty ids left empty. The workers read
-    with ``venue_units=True`` (the contract, docs/ingest.md); the pipeline switches both of its
-    paths together.
-    """
-
-    def __init__(self, venue_units: bool = True) -> None:
+    def __init__(self) -> None:
         self.contract = load()
-        self.venue_units = venue_units
-        self.ids = SyntheticIds() if venue_units else None
+        self.ids = SyntheticIds()
         self._markets: dict[tuple[str, str], tuple[str, Instrument | None, bool]] = {}
 
     def _market(self, source: str, native: str) -> tuple[str, Instrument | None, bool]:
         """(our exchange name, the instrument, whether the venue is ours) of a Tardis row."""
         key = (source, native)
-        if not self.venue_units:
-            return source, None, False
         if key not in self._markets:
             feeds = self.contract.feeds_for_tardis(source)
             instrument = self.contract.instrument_for_tardis(source, native) if feeds else None
@@ -125,8 +115,7 @@ class CsvRows:
             ts: Any = time_us(time_raw) if _INTEGER.fullmatch(time_raw) else time_raw
         except ValueRejected:
             ts = time_raw
-        instrument = self.contract.instrument(self.contract.feeds[("binance", "spot")], native) \
-            if self.venue_units else None
+        instrument = self.contract.instrument(self.contract.feeds[("binance", "spot")], native)
         return self._tick("binance", instrument, native, ts, ts, trade_id, "sell" if maker == "true" else "buy",
                           price, qty, raw)
 
@@ -138,11 +127,11 @@ class CsvRows:
         try:
             if kind != "spot" and isinstance(price, float) and isinstance(quantity, float):
                 amount = instrument.base_amount(quantity_text, price)  # type: ignore[union-attr]
-            if trade_id == "" and self.ids is not None:
+            if trade_id == "":
                 trade_id = self.ids.next(exchange, native, time_us(ts, "timestamp"),
                                          number(price_text, "price"), number(quantity_text, "amount"), side)
         except ValueRejected as exc:
-            reason = str(exc) if trade_id or self.ids is None else f"no trade id, and {exc}"
+            reason = str(exc) if trade_id else f"no trade id, and {exc}"
             return make_error_record(exchange, f"{exchange}: {reason}", raw, _now_us())
         symbol = instrument.symbol if instrument is not None else _generic_symbol(native)
         tick = make_tick(exchange, symbol, native, trade_id, 0.0, 0.0, side, 0, 0, kind, 0.0)
@@ -155,13 +144,6 @@ class CsvRows:
 def _generic_symbol(native: str) -> str:
     base, quote, rest = split_native(native)
     return "-".join([base, quote, *rest]) if quote else native.upper()
-
-
-def tardis_tick(row: list[str]) -> dict[str, Any]:
-    """One Tardis trades CSV row (cells as read) as the pipeline's file replay reads it today
-    (``venue_units=False``): its dead-letter path keeps only the dead letters of what it parses, so
-    a row made valid here (an id made up) would vanish there."""
-    return CsvRows(venue_units=False).tardis(row, ",".join(row))
 
 
 def _canonical_scalar(key: str, value: Any) -> Any:

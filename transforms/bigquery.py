@@ -50,8 +50,8 @@ from apache_beam.transforms.window import GlobalWindows
 
 from ingest.message import iso_from_us, parse_time_us
 from transforms import schemas
+from transforms.dead_letter import dead_letter
 from transforms.sinks import finalize_row
-from transforms.ticks import dead_letter
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -155,12 +155,13 @@ def view_sql(project: str, dataset: str) -> dict[str, str]:
             f"SELECT '{table}' AS table_name, DATE(COALESCE(timestamp_out, {partition_field})) AS day,"
             f" {_row_bytes_sql(table)} AS row_bytes FROM {source}")
     return {
-        # One row per candle: the highest revision (corrections of late ticks supersede).
+        # One row per candle: the newest job's highest revision (corrections of late ticks, and
+        # a restarted job's replay, supersede).
         "candles_latest": f"""
 SELECT * EXCEPT (revision_rank) FROM (
   SELECT c.*, ROW_NUMBER() OVER (
     PARTITION BY exchange, symbol, timeframe, timestamp_in
-    ORDER BY revision DESC, timestamp_out DESC) AS revision_rank
+    ORDER BY job_start DESC, revision DESC, timestamp_out DESC) AS revision_rank
   FROM {candles} AS c)
 WHERE revision_rank = 1""",
         # The newest candle of every exchange/symbol/timeframe (a live board).
@@ -308,11 +309,13 @@ class InsertRowsFn(beam.DoFn):
     (at-least-once) and a row waits at most one bundle.
     """
 
-    def __init__(self, project: str, dataset: str, table: str, batched: bool = False) -> None:
+    def __init__(self, project: str, dataset: str, table: str, batched: bool = False,
+                 with_latency: bool = True) -> None:
         self._project = project
         self._dataset = dataset
         self._table = table
         self._batched = batched
+        self._with_latency = with_latency  # False for a bounded run's historical rows
         self._inserted = Metrics.counter("bigquery", f"{table}_rows_inserted")
         self._rejected = Metrics.counter("bigquery", f"{table}_rows_rejected")
         self._failed = Metrics.counter("bigquery", f"{table}_insert_failed")
@@ -343,7 +346,7 @@ class InsertRowsFn(beam.DoFn):
     def process(self, element: Any) -> Iterator[TaggedOutput]:
         now_us = time.time_ns() // 1_000
         for row in element if self._batched else (element,):
-            finished = finalize_row(row, self._table, now_us)
+            finished = finalize_row(row, self._table, now_us, self._with_latency)
             problem = row_problem(finished, self._table)
             size = len(json.dumps(finished, separators=(",", ":"))) if problem is None else 0
             if problem is None and size > MAX_REQUEST_BYTES:
@@ -422,17 +425,20 @@ class WriteRowsToBigQuery(beam.PTransform):
     element up to the writer.
     """
 
-    def __init__(self, table: str, dataset: str, batched: bool = False) -> None:
+    def __init__(self, table: str, dataset: str, batched: bool = False,
+                 with_latency: bool = True) -> None:
         super().__init__()
         if table not in schemas.FIELDS:
             raise ValueError(f"unknown table {table!r}; expected one of {sorted(schemas.FIELDS)}")
         self._table = table
         self._project, self._dataset = split_dataset_ref(dataset)
         self._batched = batched
+        self._with_latency = with_latency
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         written = rows | "InsertAll" >> beam.ParDo(
-            InsertRowsFn(self._project, self._dataset, self._table, self._batched)
+            InsertRowsFn(self._project, self._dataset, self._table, self._batched,
+                         self._with_latency)
         ).with_outputs(FAILED, main="stored")
         dead_letters = written[FAILED]
         if self._table == schemas.DEAD_LETTER_TABLE:

@@ -63,6 +63,8 @@ CANDLE_FIELDS: list[dict[str, Any]] = [
     _field("is_partial", "BOOL", description="First candle of a key, or spans a feed disconnect."),
     _field("is_final", "BOOL", description="False for provisional early panes."),
     _field("revision", "INT64", description="0 for the first row of a candle, +1 per correction."),
+    _field("job_start", "TIMESTAMP", description="Start of the job that wrote the row; a newer "
+           "job's rows supersede an older one's (a restarted local job replays its journal)."),
     _field("timestamp_out", "TIMESTAMP", description="Processing time the row was produced."),
     _field("latency_ms", "FLOAT64", description="timestamp_out - window_end."),
 ] + [_field(name, "FLOAT64") for name in FEATURE_NAMES]
@@ -94,3 +96,17 @@ FIELDS = {TICKS_TABLE: TICK_FIELDS, CANDLES_TABLE: CANDLE_FIELDS, DEAD_LETTER_TA
 CANDLE_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in CANDLE_FIELDS)
 TICK_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in TICK_FIELDS)
 DEAD_LETTER_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in DEAD_LETTER_FIELDS)
+
+
+_ARROW_TYPES = {"STRING": "string", "FLOAT64": "float64", "INT64": "int64", "BOOL": "bool_"}
+
+
+def arrow_schema(table: str) -> Any:
+    """The table's columns as a pyarrow schema (Parquet output): TIMESTAMP as µs in UTC. Every
+    column is nullable, so a row BigQuery would refuse still lands in a research file."""
+    import pyarrow as pa
+
+    return pa.schema([
+        pa.field(f["name"], pa.timestamp("us", tz="UTC") if f["type"] == "TIMESTAMP"
+                 else getattr(pa, _ARROW_TYPES[f["type"]])())
+        for f in FIELDS[table]])
