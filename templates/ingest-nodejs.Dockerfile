@@ -4,7 +4,7 @@
 FROM node:20-slim
 
 # The repository's layout: the worker reads the venue and instrument tables it shares with the
-# Python worker from ingest/contract (../../contract from its src/).
+# Python worker from ingest/contract, two directories up from its src/.
 WORKDIR /app/ingest/nodejs
 ENV NODE_ENV=production
 COPY ingest/nodejs/package.json ingest/nodejs/package-lock.json ./
