@@ -28,13 +28,12 @@ import time
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from ingest.message import BATCH_KEY, ERROR_SYMBOL, make_error_record, make_tick
-from ingest.rows import CsvRows, jsonl_items, split_csv_line
+from ingest.rows import TARDIS_HEADER, CsvRows, jsonl_items, split_csv_line
 from ingest.symbols import to_user_symbol
 
 if TYPE_CHECKING:
     from ingest.streams import FrameStream, SourceItem
 
-TARDIS_HEADER = ["exchange", "symbol", "timestamp", "local_timestamp", "id", "side", "price", "amount"]
 FORMAT_JSONL, FORMAT_TARDIS_CSV, FORMAT_BINANCE_CSV = "jsonl", "tardis_csv", "binance_csv"
 FORMAT_TARDIS_LINES = "tardis_lines"
 _TARDIS_LINE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{8,}Z ")
