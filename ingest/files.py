@@ -1,10 +1,19 @@
-"""Trade files on disk (or GCS, through Beam's FileSystems) as wire-format tick dicts.
+"""Trade files on disk (or GCS, through Beam's FileSystems) as wire-format records.
 
-Three formats, told apart by their first line: JSONL(.gz) of ticks or batch messages; a Tardis.dev
+Four formats, told apart by their first line: JSONL(.gz) of ticks or batch messages; a Tardis.dev
 ``trades`` CSV (header exchange,symbol,timestamp,local_timestamp,id,side,price,amount, µs times);
 Binance's raw trades CSV (no header: id,price,qty,quote_qty,time,is_buyer_maker,is_best_match; ms
-times, µs from 2025 on). Rows are converted, not validated: the pipeline's parser validates every
-tick the same way whatever its source, so a bad row becomes a dead-letter row there.
+times, µs from 2025 on); and recorded venue frames in Tardis.dev's data-feed line format
+(``<28-char ISO local time> <frame>``, an empty line = a disconnect), which only the ingest workers
+read (like a replay).
+
+Two readers. ``iter_records``/``iter_chunks``/``tardis_tick`` are the pipeline's file replay:
+rows are converted, not validated (the pipeline's parser validates every tick the same way
+whatever its source). ``iter_file_items`` is the ingest workers': venue units and symbols from
+the instrument table, ids for rows without one, error records for what cannot be read (lines as
+bytes, decoded strictly, rows by ``ingest.rows``), the same bytes as the Node.js reader
+(``src/sources/file.js``). The pipeline's Tardis CSV reading moves to the workers' rules in both
+of its paths (columnar and per row) at once; until then it keeps its own.
 """
 from __future__ import annotations
 
@@ -15,13 +24,19 @@ import itertools
 import json
 import os
 import re
-from typing import IO, Any, Iterator
+import time
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
-from ingest.message import BATCH_KEY, make_tick
+from ingest.message import BATCH_KEY, ERROR_SYMBOL, make_error_record, make_tick
+from ingest.rows import TARDIS_HEADER, CsvRows, jsonl_items, split_csv_line
 from ingest.symbols import to_user_symbol
 
-TARDIS_HEADER = ["exchange", "symbol", "timestamp", "local_timestamp", "id", "side", "price", "amount"]
+if TYPE_CHECKING:
+    from ingest.streams import FrameStream, SourceItem
+
 FORMAT_JSONL, FORMAT_TARDIS_CSV, FORMAT_BINANCE_CSV = "jsonl", "tardis_csv", "binance_csv"
+FORMAT_TARDIS_LINES = "tardis_lines"
+_TARDIS_LINE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{8,}Z ")
 _BINANCE_NAME = re.compile(r"(?P<symbol>[A-Z0-9]+)-trades-\d{4}-\d{2}(-\d{2})?", re.IGNORECASE)
 
 
@@ -71,11 +86,14 @@ def iter_tardis_columns(path: str, block_bytes: int = 1 << 22) -> Iterator[Any]:
 
 
 def detect_format(first_line: str) -> str:
-    """The format a first line announces; anything that is not one of the CSVs is read as JSONL,
-    so a file of garbage becomes one dead letter per line rather than a failed replay."""
+    """The format a first line announces; anything that is not one of the CSVs or recorded venue
+    frames is read as JSONL, so a file of garbage becomes one dead letter per line rather than a
+    failed replay. (The pipeline reads recorded frames as Binance CSV rows: dead letters.)"""
     stripped = first_line.strip()
     if stripped.split(",")[:2] == TARDIS_HEADER[:2]:
         return FORMAT_TARDIS_CSV
+    if _TARDIS_LINE.match(first_line):
+        return FORMAT_TARDIS_LINES
     if stripped[:1].isascii() and stripped[:1].isdigit():
         return FORMAT_BINANCE_CSV
     return FORMAT_JSONL
@@ -205,6 +223,62 @@ def iter_ticks(path: str) -> Iterator[dict[str, Any]]:
             raise ValueError(f"{path}: {record['_error']}: {record['_raw'][:120]!r}")
         else:
             yield record
+
+
+def _byte_lines(path: str) -> Iterator[bytes]:
+    with open_binary(path) as handle:
+        yield from handle
+
+
+def _decoded(line: bytes) -> str | None:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def iter_file_items(path: str, make_stream: "Callable[[], FrameStream] | None" = None) -> Iterator["SourceItem"]:
+    """The ingest workers' reader: every record and marker of a file. A recorded session of venue
+    frames is read by the ``FrameStream`` of its feed, which ``make_stream`` builds."""
+    from ingest.streams import line_items
+
+    lines = _byte_lines(path)
+    first = next(lines, None)
+    if first is None:
+        return
+    file_format = detect_format(first.decode("utf-8", "replace"))
+    if file_format == FORMAT_TARDIS_LINES:
+        if make_stream is None:
+            raise ValueError(f"{path}: recorded venue frames: say --exchange and --symbol")
+        stream = make_stream()
+        for line in _chain(first, lines):
+            yield from line_items(stream, line)
+        return
+    rows = CsvRows()
+    native = ""
+    if file_format == FORMAT_BINANCE_CSV:
+        match = _BINANCE_NAME.search(os.path.basename(path))
+        native = match.group("symbol").upper() if match else "UNKNOWN"
+    for number_, line in enumerate(_chain(first, lines), start=1):
+        if file_format == FORMAT_TARDIS_CSV and number_ == 1:
+            continue
+        text = _decoded(line)
+        body = (text or "").rstrip("\n")
+        if text is None:
+            yield make_error_record(ERROR_SYMBOL, f"line {number_} is not UTF-8 text", line.rstrip(b"\n"),
+                                    time.time_ns() // 1_000)
+        elif file_format == FORMAT_JSONL:
+            if body.strip():
+                yield from jsonl_items(body)
+        else:
+            row = split_csv_line(body)
+            if row:
+                yield rows.tardis(row, body) if file_format == FORMAT_TARDIS_CSV else rows.binance(row, native, body)
+
+
+def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
 
 
 def write_tardis_csv(ticks: Iterator[dict[str, Any]], path: str) -> int:
