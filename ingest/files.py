@@ -7,13 +7,13 @@ times, µs from 2025 on); and recorded venue frames in Tardis.dev's data-feed li
 (``<28-char ISO local time> <frame>``, an empty line = a disconnect), which only the ingest workers
 read (like a replay).
 
-Two readers. ``iter_records``/``iter_chunks``/``tardis_tick`` are the pipeline's file replay:
-rows are converted, not validated (the pipeline's parser validates every tick the same way
-whatever its source). ``iter_file_items`` is the ingest workers': venue units and symbols from
-the instrument table, ids for rows without one, error records for what cannot be read (lines as
-bytes, decoded strictly, rows by ``ingest.rows``), the same bytes as the Node.js reader
-(``src/sources/file.js``). The pipeline's Tardis CSV reading moves to the workers' rules in both
-of its paths (columnar and per row) at once; until then it keeps its own.
+Two readers on one set of row rules (``ingest.rows``: venue units and symbols from the instrument
+table, deterministic ids for rows without one, error records for what cannot be converted).
+``iter_records``/``iter_chunks`` are the pipeline's file replay: rows are converted, not validated
+(the pipeline's parser validates every tick the same way whatever its source), and a file that is
+not UTF-8 is read on with the bad bytes kept for the parser to refuse. ``iter_file_items`` is the
+ingest workers': lines as bytes, decoded strictly, the same bytes as the Node.js reader
+(``src/sources/file.js``).
 """
 from __future__ import annotations
 
@@ -27,9 +27,8 @@ import re
 import time
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
-from ingest.message import BATCH_KEY, ERROR_SYMBOL, make_error_record, make_tick
-from ingest.rows import TARDIS_HEADER, CsvRows, jsonl_items, split_csv_line
-from ingest.symbols import to_user_symbol
+from ingest.message import BATCH_KEY, ERROR_SYMBOL, make_error_record
+from ingest.rows import TARDIS_HEADER, CsvRows, jsonl_items, split_csv_line, synthetic_id
 
 if TYPE_CHECKING:
     from ingest.streams import FrameStream, SourceItem
@@ -108,9 +107,10 @@ def iter_chunks(path: str, chunk_size: int) -> Iterator[tuple[Any, int]]:
     if sniff_format(path) == FORMAT_TARDIS_CSV:
         import pyarrow as pa
 
+        rows = CsvRows()
         try:
             for columns in iter_tardis_columns(path):
-                yield columns, columns.num_rows
+                yield with_synthetic_ids(columns, rows), columns.num_rows
                 done += columns.num_rows
             return
         except (pa.ArrowInvalid, UnicodeDecodeError):
@@ -128,55 +128,37 @@ def iter_chunks(path: str, chunk_size: int) -> Iterator[tuple[Any, int]]:
         yield chunk, len(chunk)
 
 
-def _number(text: str) -> Any:
-    """A CSV cell as a float, or the text itself if it is not a number (the parser rejects it)."""
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _us(text: str, unit_us: int = 1) -> Any:
-    try:
-        return int(text) * unit_us
-    except ValueError:
-        return text
-
-
-def _tardis_rows(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+def _tardis_rows(lines: Iterator[str], rows: CsvRows) -> Iterator[dict[str, Any]]:
     for row in csv.reader(lines):
-        if not row:
-            continue
-        if len(row) != len(TARDIS_HEADER):
-            yield {"_raw": ",".join(row), "_error": f"expected {len(TARDIS_HEADER)} columns, got {len(row)}"}
-            continue
-        yield tardis_tick(row)
+        if row:
+            yield rows.tardis(row, ",".join(row))
 
 
-def tardis_tick(row: list[str]) -> dict[str, Any]:
-    """One Tardis trades CSV row (cells as read) as a wire-format tick dict."""
-    exchange, native, ts, local_ts, trade_id, side, price, amount = row
-    tick = make_tick(exchange, to_user_symbol(native), native, trade_id, 0.0, 0.0, side, 0, 0)
-    tick.update(price=_number(price), amount=_number(amount), timestamp=_us(ts),
-                localTimestamp=_us(local_ts))
-    return tick
-
-
-def _binance_rows(lines: Iterator[str], native: str) -> Iterator[dict[str, Any]]:
-    symbol = to_user_symbol(native)
+def _binance_rows(lines: Iterator[str], native: str, rows: CsvRows) -> Iterator[dict[str, Any]]:
     for row in csv.reader(lines):
-        if not row:
-            continue
-        if len(row) < 6:
-            yield {"_raw": ",".join(row), "_error": f"expected 7 columns, got {len(row)}"}
-            continue
-        trade_id, price, qty, _quote_qty, time_raw, buyer_is_maker = row[:6]
-        # Binance files switched from ms to µs times in 2025: 16 digits means µs already.
-        ts = _us(time_raw, 1 if len(time_raw.strip()) >= 16 else 1000)
-        side = "sell" if buyer_is_maker.strip().lower() == "true" else "buy"
-        tick = make_tick("binance", symbol, native, trade_id, 0.0, 0.0, side, 0, 0)
-        tick.update(price=_number(price), amount=_number(qty), timestamp=ts, localTimestamp=ts)
-        yield tick
+        if row:
+            yield rows.binance(row, native, ",".join(row))
+
+
+def with_synthetic_ids(columns: Any, rows: CsvRows) -> Any:
+    """A Tardis column chunk whose empty ids got the ids ``CsvRows.tardis`` would give (the
+    file's ``rows`` count identical trades in file order, as the workers do)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = columns.column("id")
+    missing = pc.equal(ids, "").fill_null(True)
+    if not pc.any(missing).as_py():
+        return columns
+    cells = {name: columns.column(name).to_pylist() for name in
+             ("exchange", "symbol", "timestamp", "side", "price", "amount")}
+    filled = ids.to_pylist()
+    for i in pc.indices_nonzero(missing).to_pylist():
+        made = synthetic_id(rows, cells["exchange"][i] or "", cells["symbol"][i] or "",
+                            cells["timestamp"][i] or "", cells["price"][i] or "",
+                            cells["amount"][i] or "", cells["side"][i] or "")
+        filled[i] = made or ""
+    return columns.set_column(columns.schema.get_field_index("id"), "id", pa.array(filled, pa.string()))
 
 
 def iter_records(path: str) -> Iterator[dict[str, Any] | bytes]:
@@ -198,11 +180,11 @@ def iter_records(path: str) -> Iterator[dict[str, Any] | bytes]:
             return
         file_format = detect_format(first)
         if file_format == FORMAT_TARDIS_CSV:
-            yield from _tardis_rows(_lines(handle))
+            yield from _tardis_rows(_lines(handle), CsvRows())
         else:
             match = _BINANCE_NAME.search(os.path.basename(path))
             native = match.group("symbol").upper() if match else "UNKNOWN"
-            yield from _binance_rows(iter([first] + list(_lines(handle))), native)
+            yield from _binance_rows(itertools.chain([first], _lines(handle)), native, CsvRows())
 
 
 def _lines(handle: IO[str]) -> Iterator[str]:

@@ -8,6 +8,7 @@ to JavaScript, so float fields always get floats and the others integers).
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -74,22 +75,46 @@ def _now_us() -> int:
     return time.time_ns() // 1_000
 
 
+@functools.lru_cache(maxsize=4096)
+def tardis_market(source: str, native: str) -> tuple[str, Instrument | None, bool]:
+    """(our exchange name, the instrument, whether the venue is ours) of a Tardis CSV row's
+    ``exchange`` and ``symbol`` cells: the pipeline's file reader and the workers ask the same."""
+    contract = load()
+    feeds = contract.feeds_for_tardis(source)
+    instrument = contract.instrument_for_tardis(source, native) if feeds else None
+    return (feeds[0].exchange if feeds else source, instrument, bool(feeds))
+
+
+def tardis_symbol(source: str, native: str) -> str | None:
+    """The user symbol of a Tardis CSV market whose rows need no conversion (spot, or a venue we
+    do not list), else None: its rows go through ``CsvRows`` one by one."""
+    _, instrument, known = tardis_market(source, native)
+    if instrument is None:
+        return None if known else _generic_symbol(native)
+    return instrument.symbol if instrument.kind == "spot" else None
+
+
+def synthetic_id(rows: "CsvRows", source: str, native: str, ts: str, price: str, quantity: str,
+                 side: str) -> str | None:
+    """The id ``CsvRows.tardis`` gives a row without one (None when its cells cannot make one:
+    that row is then refused with the reason by ``CsvRows.tardis``)."""
+    exchange, _, _ = tardis_market(source, native)
+    try:
+        return rows.ids.next(exchange, native, time_us(cell_integer(ts), "timestamp"),
+                             number(price, "price"), number(quantity, "amount"), side)
+    except ValueRejected:
+        return None
+
+
 class CsvRows:
     """CSV rows of one file → records; synthetic ids count per file."""
 
     def __init__(self) -> None:
         self.contract = load()
         self.ids = SyntheticIds()
-        self._markets: dict[tuple[str, str], tuple[str, Instrument | None, bool]] = {}
 
     def _market(self, source: str, native: str) -> tuple[str, Instrument | None, bool]:
-        """(our exchange name, the instrument, whether the venue is ours) of a Tardis row."""
-        key = (source, native)
-        if key not in self._markets:
-            feeds = self.contract.feeds_for_tardis(source)
-            instrument = self.contract.instrument_for_tardis(source, native) if feeds else None
-            self._markets[key] = (feeds[0].exchange if feeds else source, instrument, bool(feeds))
-        return self._markets[key]
+        return tardis_market(source, native)
 
     def tardis(self, row: list[str], raw: str) -> dict[str, Any]:
         if len(row) != len(TARDIS_HEADER):

@@ -202,6 +202,14 @@ def test_steps_run_only_what_was_asked(sandbox_path: tuple[str, Path]) -> None:
     assert len(commands) == 1 and commands[0][:3] == ["gcloud", "services", "enable"]
 
 
+def test_a_perpetual_symbol_is_accepted(sandbox_path: tuple[str, Path]) -> None:
+    """Perpetuals are labelled BASE-QUOTE-PERP by the ingest workers (ingest/contract)."""
+    commands = dry_run(sandbox_path, "ingest", "--project", PROJECT, "--symbol", "BTC-USD-PERP",
+                       "--exchange", "bitmex")
+    deploy_job = find(commands, "gcloud", "run", "jobs", "deploy")[0]
+    assert deploy_job[4] == "mds-ingest-bitmex-btc-usd-perp" and "BTC-USD-PERP" in " ".join(deploy_job)
+
+
 def test_no_project_in_dry_run_uses_a_placeholder(sandbox_path: tuple[str, Path]) -> None:
     commands = dry_run(sandbox_path, "apis")
     assert flag(commands[0], "--project") == "PROJECT_ID"

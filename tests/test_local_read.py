@@ -130,7 +130,7 @@ def test_hostile_messages_between_valid_ticks_never_stop_the_job(tmp_path):
     reasons = sorted(d["reason"] for d in dead)
     assert len(dead) == len(hostile), reasons
     assert sum("bad ts attribute" in r for r in reasons) == 5, reasons
-    assert any("id must have 1 to 128" in r for r in reasons)
+    assert any("id must have 1 to 256" in r for r in reasons)
     assert any("price" in r for r in reasons) and any("lone surrogate" in r for r in reasons)
 
 
