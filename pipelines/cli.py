@@ -15,6 +15,7 @@ COMMANDS = {
     "status": ("pipelines.operate", "Job/emulator health, row counts and lag."),
     "tail": ("pipelines.operate", "Follow the candles output topic."),
     "chart": ("pipelines.operate", "Candlestick chart from BigQuery or a replay output."),
+    "reconcile": ("pipelines.reconcile", "Compare our candles with the venue's own klines."),
 }
 
 

@@ -75,7 +75,7 @@ STREAMING_INSERT_USD_PER_200_MIB = 0.01
 STREAMING_INSERT_MIN_ROW_BYTES = 1024
 
 VIEW_NAMES = ("candles_latest", "candles_current", "latency_by_minute", "volume_by_hour",
-              "rows_cost_by_day")
+              "rows_cost_by_day", "reconciliation_by_day")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,6 +215,26 @@ FROM (
   UNION ALL
   '''.join(cost_parts)})
 GROUP BY day, table_name""",
+        # Match rate against the venues' klines per day, market and timeframe, from the newest
+        # comparison of each candle, with the earliest candle that differs and its first field.
+        "reconciliation_by_day": f"""
+SELECT day, exchange, symbol, timeframe, COUNT(*) AS candles,
+  COUNTIF(status = 'match') AS matched, COUNTIF(status = 'mismatch') AS mismatched,
+  COUNTIF(status = 'missing_ours') AS missing_ours, COUNTIF(status = 'missing_venue') AS missing_venue,
+  COUNTIF(status = 'empty') AS empty,
+  SAFE_DIVIDE(COUNTIF(status = 'match'), COUNTIF(status != 'empty')) AS match_rate,
+  MAX(IF(differs AND differing_rank = 1, timestamp_in, NULL)) AS first_difference_at,
+  MAX(IF(differs AND differing_rank = 1, COALESCE(first_difference, status), NULL)) AS first_difference
+FROM (
+  SELECT *, ROW_NUMBER() OVER (
+    PARTITION BY day, exchange, symbol, timeframe, differs ORDER BY timestamp_in) AS differing_rank
+  FROM (
+    SELECT r.*, DATE(timestamp_in) AS day, status IN ('mismatch', 'missing_ours', 'missing_venue') AS differs,
+      ROW_NUMBER() OVER (PARTITION BY exchange, symbol, timeframe, timestamp_in
+                         ORDER BY timestamp_out DESC) AS newest
+    FROM {ds}.{schemas.RECONCILIATION_TABLE}` AS r)
+  WHERE newest = 1)
+GROUP BY day, exchange, symbol, timeframe""",
     }
 
 
