@@ -189,6 +189,8 @@ def write_bigquery(client: Any, dataset_ref: str, rows: Sequence[dict[str, Any]]
 
 
 def main(argv: Sequence[str]) -> int:
+    from google.api_core.exceptions import GoogleAPIError
+
     args = parse_args(argv)
     output_dataset = args.output_dataset or args.dataset
     output_dir = args.output_dir or args.input_dir
@@ -202,7 +204,7 @@ def main(argv: Sequence[str]) -> int:
         if output_dataset:
             write_bigquery(client, output_dataset, rows)
         path = write_jsonl(output_dir, rows) if output_dir else None
-    except (KlinesUnavailable, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (KlinesUnavailable, ValueError, FileNotFoundError, RuntimeError, GoogleAPIError) as exc:
         print(f"mds reconcile: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -116,8 +116,8 @@ def _binance_request(path: str) -> Callable[[Instrument, str, int, int, int], Re
 
 
 def parse_binance(body: Any, instrument: Instrument) -> list[Kline]:
-    if isinstance(body, dict):  # {"code": -1121, "msg": "Invalid symbol."}
-        raise VenueError(f"binance error {body.get('code')}: {body.get('msg')}", retryable=False)
+    if isinstance(body, dict) and "code" in body:  # {"code": -1121, "msg": "Invalid symbol."}
+        raise VenueError(f"binance error {body['code']}: {body.get('msg')}", retryable=False)
     return [Kline(_us_of_ms(r[0], "open time"), _decimal(r[1], "open"), _decimal(r[2], "high"),
                   _decimal(r[3], "low"), _decimal(r[4], "close"), _decimal(r[5], "volume"),
                   _count(r[8], "number of trades"))
@@ -140,8 +140,8 @@ def _iso(ms: int) -> str:
 
 
 def parse_coinbase(body: Any, instrument: Instrument) -> list[Kline]:
-    if isinstance(body, dict):  # {"message": "..."}
-        raise VenueError(f"coinbase: {body.get('message', body)}", retryable=False)
+    if isinstance(body, dict) and "message" in body:  # {"message": "NotFound"}
+        raise VenueError(f"coinbase: {body['message']}", retryable=False)
     return [Kline(_count(r[0], "time (s)") * 1_000_000, _decimal(r[3], "open"), _decimal(r[2], "high"),
                   _decimal(r[1], "low"), _decimal(r[4], "close"), _decimal(r[5], "volume"), None)
             for r in _rows(body, 6, "coinbase")]

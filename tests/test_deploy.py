@@ -85,14 +85,15 @@ def test_full_deploy_plan_for_each_mode(sandbox_path: tuple[str, Path], mode: st
     assert subscription[4] == f"mds-ticks-dataflow-{mode}" and flag(subscription, "--topic") == "mds-ticks"
 
     tables = {c[-2]: c for c in find(commands, "bq", "--project_id", PROJECT, "mk") if "--table" in c}
-    assert set(tables) == {f"{PROJECT}:market_data.{t}" for t in ("ticks", "candles", "dead_letter")}
+    assert set(tables) == {f"{PROJECT}:market_data.{t}"
+                           for t in ("ticks", "candles", "dead_letter", "candle_reconciliation")}
     assert "--time_partitioning_field=timestamp_in" in tables[f"{PROJECT}:market_data.candles"]
     assert "--clustering_fields=symbol,timeframe" in tables[f"{PROJECT}:market_data.candles"]
     assert "--clustering_fields=exchange,symbol" in tables[f"{PROJECT}:market_data.ticks"]
     for schema_file in (c[-1] for c in tables.values()):
         assert Path(schema_file).exists(), "the printed bq mk must point at a real schema file"
     views = [c[-1] for c in find(commands, "bq", "--project_id", PROJECT, "--location", "us-central1", "query")]
-    assert len(views) == 5 and all(v.startswith("CREATE OR REPLACE VIEW") for v in views)
+    assert len(views) == 6 and all(v.startswith("CREATE OR REPLACE VIEW") for v in views)
 
     image = f"us-central1-docker.pkg.dev/{PROJECT}/mds/mds-pipeline:v1"
     build = find(commands, "gcloud", "builds", "submit")
