@@ -19,12 +19,14 @@ from apache_beam.pvalue import PCollection
 
 from ingest.files import FORMAT_TARDIS_CSV, iter_records, iter_tardis_columns, sniff_format
 from pipelines.options import MarketDataOptions
-from transforms.bigquery import (WriteRowsToBigQuery, ensure_tables, ensure_views, make_client,
-                                 split_dataset_ref)
+from transforms.bigquery import (STORAGE_WRITE_API, WriteRowsToBigQuery, ensure_tables,
+                                 ensure_views, make_client, split_dataset_ref)
 from transforms.candles import CandlesFromTicks, parse_timeframes
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
 from transforms.sequencer import SequenceCandles
 from transforms.sinks import FinalizeRowsFn, PrintCandlesFn, WriteJsonLines
+from transforms.storage_write import storage_emulator_host
+from transforms.storage_write_sink import PendingStreams
 from transforms.ticks import DedupTicks, LateTicksToDeadLetterFn, ParseTicks, tick_rows
 
 CSV_CHUNK_TICKS = 2_000  # ticks per element when replaying CSV files
@@ -149,6 +151,9 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
     outputs = messages | "MarketData" >> MarketData(opts, bounded)
     tables = {TICKS_TABLE: outputs.ticks, CANDLES_TABLE: outputs.candles,
               DEAD_LETTER_TABLE: outputs.dead_letter}
+    # A bounded run's Storage Write API rows stay in PENDING streams until one commit at its end.
+    pending = (PendingStreams() if bounded and opts.output_dataset
+               and opts.bigquery_write_method == STORAGE_WRITE_API else None)
     for table, rows in tables.items():
         if rows is None:
             continue
@@ -157,8 +162,11 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
             single_rows = rows | "UnbatchTickRows" >> beam.FlatMap(lambda batch: batch) if batched else rows
             single_rows | f"Write{table}Jsonl" >> WriteJsonLines(opts.output_dir, table)
         if opts.output_dataset:
-            rows | f"Write{table}BigQuery" >> WriteRowsToBigQuery(table, opts.output_dataset,
-                                                                   batched=batched)
+            rows | f"Write{table}BigQuery" >> WriteRowsToBigQuery(
+                table, opts.output_dataset, batched=batched, method=opts.bigquery_write_method,
+                pending=pending)
+    if pending is not None:
+        pending.commit()
     if outputs.candles is not None and opts.output_topic:
         (outputs.candles
          | "CandleMessages" >> beam.ParDo(FinalizeRowsFn(CANDLES_TABLE))
@@ -170,12 +178,15 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
     return outputs
 
 
-def prepare_bigquery(dataset_ref: str) -> None:
+def prepare_bigquery(dataset_ref: str, write_method: str = STORAGE_WRITE_API) -> None:
     """Creates the dataset, tables and views if missing, before any row is written (SPEC §6).
 
     With ``BIGQUERY_EMULATOR_HOST`` set (local runs only), this client and the pipeline's writers
-    (``transforms.bigquery.InsertRowsFn``) use that local BigQuery API server, anonymously.
+    use that local BigQuery API server, anonymously; the Storage Write API writer also needs
+    ``BIGQUERY_STORAGE_EMULATOR_HOST`` (its gRPC host:port), checked here before the job starts.
     """
+    if write_method == STORAGE_WRITE_API:
+        storage_emulator_host()
     project, _ = split_dataset_ref(dataset_ref)
     client = make_client(project, os.environ.get("BIGQUERY_EMULATOR_HOST"))
     ensure_tables(client, dataset_ref)
@@ -193,7 +204,7 @@ def run(argv: Optional[list[str]] = None) -> beam.runners.runner.PipelineResult:
 
         harden_pubsub_read()  # local only: Dataflow's Pub/Sub source retries by itself
     if opts.output_dataset:
-        prepare_bigquery(opts.output_dataset)
+        prepare_bigquery(opts.output_dataset, opts.bigquery_write_method)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, options,
                    console_timeframes={"1m"} if opts.console else None)
