@@ -18,7 +18,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import DEFAULT_FEATURE_TIMEFRAMES, DEFAULT_TIMEFRAMES, MODES
-from pipelines.streaming_pipeline import build_pipeline
+from pipelines.streaming_pipeline import build_pipeline, prepare_bigquery
+from transforms.bigquery import STORAGE_WRITE_API, WRITE_METHODS
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
 
 SAMPLE = str(Path(__file__).resolve().parent / "sample" / "binance_trades_2017-08-17_BTCUSDT.csv.gz")
@@ -38,6 +39,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="gap candles stop this long after a key's last trade")
     parser.add_argument("--console-timeframes", default="1m",
                         help="timeframes printed as seed-style lines while running")
+    parser.add_argument("--output-dataset", default=None,
+                        help="also write to this BigQuery dataset, PROJECT:DATASET, all at once at "
+                             "the end of the run (locally: the variables `mds stack up` prints)")
+    parser.add_argument("--bigquery-write-method", choices=WRITE_METHODS, default=STORAGE_WRITE_API)
     parser.add_argument("--quiet", action="store_true", help="no console lines, no progress bar")
     return parser.parse_args(argv)
 
@@ -95,7 +100,10 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
         flags=[], runner="DirectRunner", direct_running_mode="in_memory", input_file=args.input,
         output_dir=args.output_dir, mode=args.mode, timeframes=args.timeframes,
         feature_timeframes=args.feature_timeframes, gap_candles=not args.no_gap_candles,
-        idle_timeout_seconds=args.idle_timeout_seconds)
+        idle_timeout_seconds=args.idle_timeout_seconds, output_dataset=args.output_dataset,
+        bigquery_write_method=args.bigquery_write_method)
+    if args.output_dataset:
+        prepare_bigquery(args.output_dataset, args.bigquery_write_method)
     console = None if args.quiet else {t.strip() for t in args.console_timeframes.split(",") if t.strip()}
     started = time.monotonic()
     pipeline = beam.Pipeline(options=options)

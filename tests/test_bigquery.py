@@ -24,6 +24,7 @@ from transforms import schemas
 from transforms.sinks import FinalizeRowsFn, finalize_row
 
 PROJECT = "test-project"
+INSERT_ALL = bq.STREAMING_INSERTS  # the tests of InsertRowsFn; the default writer: test_storage_write.py
 T0_US = 1_502_942_400_000_000  # 2017-08-17T04:00:00Z
 MINUTE_US = 60_000_000
 # The REST API may spell legacy type names; the schema module uses Standard SQL names.
@@ -47,7 +48,8 @@ def client(emulator: BigQueryEmulator) -> Iterator[Any]:
 def beam_to_emulator(emulator: BigQueryEmulator) -> Iterator[None]:
     """The pipeline's writers find the local server through the environment, as in ``mds run``."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BIGQUERY_EMULATOR_HOST", emulator.endpoint)
+        for name, value in emulator.client_env().items():
+            patch.setenv(name, value)
         yield
 
 
@@ -187,6 +189,49 @@ def test_views_are_idempotent_and_return_the_right_numbers(client: Any, dataset:
         billed = sum(max(size, 1024) for size in sizes)
         assert cost[table]["billed_bytes"] == billed
         assert cost[table]["streaming_insert_usd"] == pytest.approx(billed / (200 * 2**20) * 0.01)
+        assert cost[table]["storage_write_api_usd"] == pytest.approx(sum(sizes) / 2**30 * 0.025)
+
+
+def test_unique_views_give_each_tick_and_candle_revision_once(client: Any, dataset: str) -> None:
+    """Copies written by a retried append or a replay after a crash: same key, later
+    timestamp_out. The views keep the first copy; rows_cost_by_day still counts every copy."""
+    out_us = T0_US + 10 * MINUTE_US
+    ticks = [dict(tick(i, T0_US + i), timestamp_out=iso_from_us(out_us + i), latency_ms=1.0)
+             for i in range(5)]
+    copies = [dict(ticks[1], timestamp_out=iso_from_us(out_us + 9_000), latency_ms=9.0),
+              dict(ticks[1], timestamp_out=iso_from_us(out_us + 8_000), latency_ms=8.0),
+              dict(ticks[3], timestamp_out=iso_from_us(out_us + 7_000), latency_ms=7.0)]
+    other_exchange = dict(ticks[0], exchange="coinbase")  # same id elsewhere: another trade
+    insert(client, dataset, schemas.TICKS_TABLE, copies + ticks + [other_exchange])
+    revisions = [dict(candle(T0_US, revision=r, volume=float(r + 1)),
+                      timestamp_out=iso_from_us(out_us + r), latency_ms=100.0) for r in range(3)]
+    candle_copies = [dict(revisions[2], timestamp_out=iso_from_us(out_us + 50), latency_ms=900.0),
+                     dict(revisions[0], timestamp_out=iso_from_us(out_us + 60), latency_ms=900.0)]
+    insert(client, dataset, schemas.CANDLES_TABLE, candle_copies + revisions)
+    bq.ensure_views(client, dataset)
+    ds = "`" + dataset.replace(":", ".")
+
+    unique_ticks = query(client, f"SELECT exchange, id, latency_ms FROM {ds}.ticks_unique` "
+                                 f"ORDER BY exchange, id")
+    assert [(r["exchange"], r["id"], r["latency_ms"]) for r in unique_ticks] == [
+        ("binance", str(i), 1.0) for i in range(5)] + [("coinbase", "0", 1.0)]
+    assert "copy_rank" not in unique_ticks[0]
+    assert set(query(client, f"SELECT * FROM {ds}.ticks_unique` LIMIT 1")[0]) == set(
+        schemas.TICK_COLUMNS)
+
+    unique_candles = query(client, f"SELECT revision, volume, latency_ms FROM {ds}.candles_unique` "
+                                   f"ORDER BY revision")
+    assert [(r["revision"], r["volume"], r["latency_ms"]) for r in unique_candles] == [
+        (0, 1.0, 100.0), (1, 2.0, 100.0), (2, 3.0, 100.0)]
+    latest = query(client, f"SELECT revision, volume, latency_ms FROM {ds}.candles_latest`")
+    assert [(r["revision"], r["volume"], r["latency_ms"]) for r in latest] == [(2, 3.0, 100.0)]
+    assert set(query(client, f"SELECT * FROM {ds}.candles_latest`")[0]) == set(schemas.CANDLE_COLUMNS)
+
+    latency = {r["source"]: r for r in query(client, f"SELECT * FROM {ds}.latency_by_minute`")}
+    assert (latency["ticks"]["row_count"], latency["ticks"]["max_ms"]) == (6, 1.0)
+    assert (latency["candles"]["row_count"], latency["candles"]["max_ms"]) == (3, 100.0)
+    cost = {r["table_name"]: r["row_count"] for r in query(client, f"SELECT * FROM {ds}.rows_cost_by_day`")}
+    assert cost == {"ticks": 9, "candles": 5}
 
 
 def expected_row_bytes(table: str, row: dict[str, Any]) -> int:
@@ -242,7 +287,7 @@ def test_write_transform_rejects_unknown_table() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Beam write path (DirectRunner)
+# insertAll writer (DirectRunner)
 # ---------------------------------------------------------------------------------------------
 
 def dead_letters_by_id(client: Any, dataset: str) -> dict[str, dict[str, Any]]:
@@ -265,7 +310,7 @@ def test_batch_pipeline_writes_rows_and_dead_letters_failures(client: Any, datas
     dead = (pipeline
             | "Ticks" >> beam.Create(good + [type_error, missing, not_finite])
             | "Finish" >> beam.ParDo(FinalizeRowsFn(schemas.TICKS_TABLE))
-            | "Write" >> bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset))
+            | "Write" >> bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, method=INSERT_ALL))
     assert_that(dead | beam.Map(lambda r: (r["stage"], json.loads(r["payload"])["id"])),
                 equal_to([("bigquery_insert", "100"), ("bigquery_insert", "101"),
                           ("bigquery_insert", "102")]))
@@ -293,14 +338,15 @@ def test_batch_pipeline_writes_rows_and_dead_letters_failures(client: Any, datas
     assert counter(result, "ticks_rows_rejected") == 2
 
 
+@pytest.mark.parametrize("method", bq.WRITE_METHODS)
 def test_unwritable_dead_letters_are_counted_not_lost_silently(client: Any, dataset: str,
-                                                               beam_to_emulator: None,
+                                                               beam_to_emulator: None, method: str,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     good = bq.dead_letter_row("parse", "bad JSON", "{oops")
     no_reason = dict(bq.dead_letter_row("parse", "x", "{oops2"), reason=None)
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
     _ = (pipeline | beam.Create([good, no_reason])
-         | bq.WriteRowsToBigQuery(schemas.DEAD_LETTER_TABLE, dataset))
+         | bq.WriteRowsToBigQuery(schemas.DEAD_LETTER_TABLE, dataset, method=method))
     result = pipeline.run()
     result.wait_until_finish()
     stored = query(client, f"SELECT payload FROM `{table_path(dataset, schemas.DEAD_LETTER_TABLE)}`")
@@ -316,7 +362,7 @@ def test_missing_tables_dead_letter_then_log_instead_of_crashing(client: Any, be
     client.create_dataset(empty.replace(":", "."))
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
     dead = (pipeline | beam.Create([tick(i, T0_US) for i in range(3)])
-            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, empty))
+            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, empty, method=INSERT_ALL))
     assert_that(dead | beam.Map(lambda r: ("Not found" in r["reason"], r["stage"])),
                 equal_to([(True, "bigquery_insert")] * 3))
     result = pipeline.run()
@@ -344,7 +390,7 @@ def test_streaming_pipeline_writes_candles_with_latency(client: Any, dataset: st
     pipeline = beam.Pipeline(options=options)
     _ = (pipeline | stream
          | beam.ParDo(FinalizeRowsFn(schemas.CANDLES_TABLE))
-         | bq.WriteRowsToBigQuery(schemas.CANDLES_TABLE, dataset))
+         | bq.WriteRowsToBigQuery(schemas.CANDLES_TABLE, dataset, method=INSERT_ALL))
     pipeline.run().wait_until_finish()
 
     written = query(client, f"SELECT timestamp_in, window_end, timestamp_out, latency_ms "
@@ -368,7 +414,7 @@ def test_row_batches_are_cut_into_requests_and_oversize_rows_dead_lettered(
     huge = tick(9_999, T0_US, native_symbol="X" * (bq.MAX_REQUEST_BYTES + 1))
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
     dead = (pipeline | beam.Create([rows + [huge]])
-            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, batched=True))
+            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, batched=True, method=INSERT_ALL))
     assert_that(dead | beam.Map(lambda r: (r["stage"], "exceeds" in r["reason"])),
                 equal_to([("bigquery_insert", True)]))
     result = pipeline.run()
@@ -380,18 +426,21 @@ def test_row_batches_are_cut_into_requests_and_oversize_rows_dead_lettered(
     assert counter(result, "ticks_rows_rejected") == 1
 
 
-def test_batch_write_throughput(client: Any, dataset: str, beam_to_emulator: None) -> None:
+@pytest.mark.parametrize("method", bq.WRITE_METHODS)
+def test_batch_write_throughput(client: Any, dataset: str, beam_to_emulator: None,
+                                method: str) -> None:
     """2,000 ticks through the sink in one run: all land, none twice (timing printed with -s)."""
     import time
 
     ids = itertools.count()
     rows = [tick(next(ids), T0_US + i * 1_000) for i in range(2_000)]
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
-    _ = pipeline | beam.Create(rows) | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset)
+    _ = pipeline | beam.Create(rows) | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset,
+                                                              method=method)
     started = time.monotonic()
     pipeline.run().wait_until_finish()
     elapsed = time.monotonic() - started
     count = query(client, f"SELECT COUNT(*) AS n, COUNT(DISTINCT id) AS ids "
                           f"FROM `{table_path(dataset, schemas.TICKS_TABLE)}`")
     assert (count[0]["n"], count[0]["ids"]) == (2_000, 2_000)
-    print(f"\n2,000 ticks via WriteRowsToBigQuery (DirectRunner batch): {elapsed:.2f}s")
+    print(f"\n2,000 ticks via WriteRowsToBigQuery({method}, DirectRunner batch): {elapsed:.2f}s")

@@ -523,3 +523,39 @@ def test_unknown_is_retried_a_few_times_then_judged_row_by_row() -> None:
         ("0", "UNKNOWN Unexpected ResourceInUseException"),
         ("1", "UNKNOWN Unexpected ResourceInUseException")]
     assert len(sleeps) == storage_write.UNKNOWN_RETRIES
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline with the default writer
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.timeout(600)
+def test_replay_into_bigquery_commits_once_per_run_and_the_views_show_the_day_once(
+        client: Any, beam_to_emulator: None, sample_replay: dict[str, Any], tmp_path: Any) -> None:
+    """`mds replay --output-dataset` (bounded: PENDING streams, one commit) of the real day, run
+    twice: each run stores every row once, and the views hide the second run's copies."""
+    from pipelines.replay import parse_args, replay
+
+    ref = f"{PROJECT}:replay_{uuid.uuid4().hex[:8]}"
+    for run_number in (1, 2):
+        summary = replay(parse_args(["--output-dir", str(tmp_path / str(run_number)), "--mode",
+                                     "both", "--quiet", "--output-dataset", ref]))
+        assert summary["unique_ticks"] == 3_427
+        assert count(client, ref, schemas.TICKS_TABLE) == (3_427 * run_number, 3_427)
+        assert count(client, ref, schemas.CANDLES_TABLE)[0] == len(sample_replay["candles"]) * run_number
+    ds = "`" + path(ref, "")
+    assert query(client, f"SELECT COUNT(*) AS n FROM {ds}ticks_unique`")[0]["n"] == 3_427
+    latest = {(r["timeframe"], r["timestamp_in"].timestamp()): r for r in query(
+        client, f"SELECT * FROM {ds}candles_latest`")}
+    expected = {}
+    for row in sample_replay["candles"]:
+        key = (row["timeframe"], parse_time_us(row["timestamp_in"]) / 1e6)
+        if key not in expected or row["revision"] > expected[key]["revision"]:
+            expected[key] = row
+    assert latest.keys() == expected.keys()
+    for key, row in expected.items():
+        for column in ("open", "high", "low", "close", "volume", "trades", "revision", "sma_5"):
+            assert latest[key][column] == (row[column] if row[column] is None or column in ("trades", "revision")
+                                           else pytest.approx(row[column], rel=1e-12)), (key, column)
+    assert query(client, f"SELECT COUNT(*) AS n FROM {ds}candles_unique`")[0]["n"] == len(
+        sample_replay["candles"])
