@@ -10,6 +10,9 @@
    and bytes per stored row as each method bills them (bench/bigquery_bytes.py).
 4. ingest workers (Python ``mds ingest``, Node.js ``mds-ingest.js``) publishing the file into the
    emulator as fast as they can.
+5. the BigQuery writers alone: ``--writer-ticks`` tick rows of the day through
+   ``WriteRowsToBigQuery`` with each of ``--bigquery-write-methods`` into a fresh local server
+   (bench/bigquery_writers.py): rows/s and bytes per row.
 
 Subprocesses are measured from outside: wall time, and peak RSS of the whole process tree
 polled from /proc. Not a test: it prints figures.
@@ -400,6 +403,27 @@ def ingest_rows(path: str, args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+# --------------------------------------------------------------------------- 5. BigQuery writers
+
+def writer_rows(day: DayArrays, args: argparse.Namespace) -> list[Row]:
+    from bench.bigquery_writers import measure_writer, tick_batches
+
+    batches = tick_batches(day.frame, min(args.writer_ticks, day.ticks))
+    ticks = sum(len(batch) for batch in batches)
+    rows = []
+    for method in args.bigquery_write_methods:
+        got = measure_writer(batches, method, PROJECT, DATASET)
+        sizes = got["sizes"]
+        billed = (f"{sizes['insertall_billed']:,.0f} B billed (≥1 KB), ${sizes['insertall_usd_per_million']:.4f}"
+                  if method == "STREAMING_INSERTS" else
+                  f"{sizes['proto']:,.1f} B proto, ${sizes['storage_write_usd_per_million']:.4f}")
+        rows.append(Row(f"BQ writer alone: {method}", got["stored"], got["seconds"], None,
+                        f"{got['stored']:,}/{ticks:,} tick rows stored, batches of 2,000; per row "
+                        f"{sizes['logical']:,.1f} B logical, {billed} per million rows"))
+        print(f"writer {method}: {rows[-1].ticks_per_second:,.0f} rows/s", flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------------------------- the table
 
 def print_table(rows: list[Row], limit_tps: float, command: str, extra: list[str]) -> None:
@@ -427,6 +451,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-replay", action="store_true")
     parser.add_argument("--skip-streaming", action="store_true")
     parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--skip-writers", action="store_true")
+    parser.add_argument("--writer-ticks", type=int, default=200_000,
+                        help="tick rows each BigQuery write method writes alone (stage 5)")
     parser.add_argument("--stream-seconds", type=float, default=60.0, help="how long the stream publishes")
     parser.add_argument("--stream-rates", type=lambda text: [float(r) for r in text.split(",")],
                         default=[20_000.0, 50_000.0],
@@ -485,6 +512,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             for method in args.bigquery_write_methods:
                 rows.append(streaming_row(day, args, args.work_dir, rate, method))
                 print(f"streaming: {rows[-1].note}", flush=True)
+    if not args.skip_writers:
+        rows.extend(writer_rows(day, args))
     if not args.skip_ingest:
         rows.extend(ingest_rows(path, args))
     print_table(rows, rows[0].ticks_per_second, command,

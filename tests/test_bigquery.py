@@ -1,6 +1,7 @@
 """BigQuery output against the real local stand-in (bqemulator on free loopback ports).
 
-One emulator per module; every test uses its own dataset so tests do not see each other's rows.
+One emulator per module (fixtures in conftest.py); every test uses its own dataset so tests do
+not see each other's rows.
 """
 from __future__ import annotations
 
@@ -8,88 +9,24 @@ import itertools
 import json
 import math
 import uuid
-from typing import Any, Iterator
+from typing import Any
 
 import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_stream
 from apache_beam.testing.util import assert_that, equal_to
 
 from ingest.message import iso_from_us, parse_time_us
-from pipelines.local_stack import BigQueryEmulator
+from tests.bigquery_helpers import (MINUTE_US, PROJECT, T0_US, assert_ticks_stored_with_latency,
+                                    candle, counter, dead_letters_by_id, query, table_path, tick)
 from transforms import bigquery as bq
 from transforms import schemas
 from transforms.sinks import FinalizeRowsFn, finalize_row
 
-PROJECT = "test-project"
 INSERT_ALL = bq.STREAMING_INSERTS  # the tests of InsertRowsFn; the default writer: test_storage_write.py
-T0_US = 1_502_942_400_000_000  # 2017-08-17T04:00:00Z
-MINUTE_US = 60_000_000
 # The REST API may spell legacy type names; the schema module uses Standard SQL names.
 LEGACY_TYPES = {"FLOAT": "FLOAT64", "INTEGER": "INT64", "BOOLEAN": "BOOL"}
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[BigQueryEmulator]:
-    with BigQueryEmulator(project=PROJECT) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(emulator: BigQueryEmulator) -> Iterator[Any]:
-    bq_client = bq.make_client(PROJECT, emulator.endpoint)
-    yield bq_client
-    bq_client.close()
-
-
-@pytest.fixture(scope="module")
-def beam_to_emulator(emulator: BigQueryEmulator) -> Iterator[None]:
-    """The pipeline's writers find the local server through the environment, as in ``mds run``."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in emulator.client_env().items():
-            patch.setenv(name, value)
-        yield
-
-
-@pytest.fixture
-def dataset(client: Any) -> str:
-    """A fresh dataset with the three tables, as PROJECT:DATASET."""
-    ref = f"{PROJECT}:ds_{uuid.uuid4().hex[:10]}"
-    bq.ensure_tables(client, ref)
-    return ref
-
-
-def tick(trade_id: int, ts_us: int, price: float = 4261.48, amount: float = 0.5,
-         **overrides: Any) -> dict[str, Any]:
-    row = {"exchange": "binance", "symbol": "BTC-USDT", "native_symbol": "BTCUSDT",
-           "id": str(trade_id), "price": price, "amount": amount, "side": "buy",
-           "timestamp": iso_from_us(ts_us), "local_timestamp": iso_from_us(ts_us + 1_000)}
-    row.update(overrides)
-    return row
-
-
-def candle(start_us: int, timeframe_us: int = MINUTE_US, timeframe: str = "1m", revision: int = 0,
-           volume: float = 1.0, symbol: str = "BTC-USDT", close: float = 4262.0,
-           **overrides: Any) -> dict[str, Any]:
-    row = {"exchange": "binance", "symbol": symbol, "native_symbol": symbol.replace("-", ""),
-           "timeframe": timeframe, "timestamp_in": iso_from_us(start_us),
-           "window_end": iso_from_us(start_us + timeframe_us), "open": 4261.0, "high": 4263.0,
-           "low": 4260.0, "close": close, "volume": volume, "quote_volume": volume * 4262.0,
-           "trades": 3, "vwap": 4262.0, "buy_volume": volume / 2, "sell_volume": volume / 2,
-           "buy_trades": 2, "sell_trades": 1, "is_gap": False, "is_partial": False,
-           "is_final": True, "revision": revision}
-    row.update(overrides)
-    return row
-
-
-def query(client: Any, sql: str) -> list[dict[str, Any]]:
-    return [dict(row.items()) for row in client.query(sql).result()]
-
-
-def table_path(dataset: str, table: str) -> str:
-    return dataset.replace(":", ".") + "." + table
 
 
 def insert(client: Any, dataset: str, table: str, rows: list[dict[str, Any]]) -> None:
@@ -290,16 +227,6 @@ def test_write_transform_rejects_unknown_table() -> None:
 # insertAll writer (DirectRunner)
 # ---------------------------------------------------------------------------------------------
 
-def dead_letters_by_id(client: Any, dataset: str) -> dict[str, dict[str, Any]]:
-    rows = query(client, f"SELECT * FROM `{table_path(dataset, schemas.DEAD_LETTER_TABLE)}`")
-    return {json.loads(r["payload"])["id"]: r for r in rows}
-
-
-def counter(result: Any, name: str) -> int:
-    found = result.metrics().query(MetricsFilter().with_name(name))["counters"]
-    return sum(c.committed or 0 for c in found)
-
-
 def test_batch_pipeline_writes_rows_and_dead_letters_failures(client: Any, dataset: str,
                                                               beam_to_emulator: None) -> None:
     good = [tick(i, T0_US + i * 1_000_000) for i in range(20)]
@@ -317,13 +244,7 @@ def test_batch_pipeline_writes_rows_and_dead_letters_failures(client: Any, datas
     result = pipeline.run()
     result.wait_until_finish()
 
-    written = query(client, f"SELECT id, timestamp, timestamp_out, latency_ms "
-                            f"FROM `{table_path(dataset, schemas.TICKS_TABLE)}`")
-    assert sorted(int(r["id"]) for r in written) == list(range(20))
-    for row in written:
-        latency_us = (row["timestamp_out"] - row["timestamp"]).total_seconds() * 1e6
-        assert row["latency_ms"] == pytest.approx(latency_us / 1_000, abs=0.001)
-        assert row["latency_ms"] > 0
+    assert_ticks_stored_with_latency(client, dataset, list(range(20)))
 
     dead_rows = dead_letters_by_id(client, dataset)
     assert set(dead_rows) == {"100", "101", "102"}

@@ -6,25 +6,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2
 
 from ingest.message import iso_from_us
+from tests.bigquery_helpers import decode
 from transforms import proto_rows, schemas
 from transforms.proto_rows import RowEncoder, RowEncodingError
 
 T0_US = 1_502_942_400_000_000  # 2017-08-17T04:00:00Z
 FieldType = descriptor_pb2.FieldDescriptorProto
-
-
-def decode(encoder: RowEncoder, data: bytes) -> dict[str, Any]:
-    """What a server holding only the writer schema reads back (absent fields are NULL)."""
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(descriptor_pb2.FileDescriptorProto(name="server.proto", syntax="proto2",
-                                                message_type=[encoder.descriptor]))
-    message = message_factory.GetMessageClass(
-        pool.FindMessageTypeByName(encoder.descriptor.name)).FromString(data)
-    return {f.name: getattr(message, f.name) if message.HasField(f.name) else None
-            for f in encoder.descriptor.field}
 
 
 @pytest.mark.parametrize("table", sorted(schemas.FIELDS))

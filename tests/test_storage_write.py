@@ -1,7 +1,7 @@
 """The Storage Write API writer against bqemulator's gRPC server (free loopback ports), plus the
 answers bqemulator never gives (per-row errors, in-band transient errors) from a scripted client.
 
-One emulator per module; every test writes to its own dataset.
+One emulator per module (fixtures in conftest.py); every test writes to its own dataset.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from typing import Any, Callable, Iterator
 
 import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_stream
 from apache_beam.testing.util import assert_that, equal_to
@@ -24,8 +23,10 @@ from google.cloud.bigquery_storage_v1 import types
 
 from ingest.message import iso_from_us, parse_time_us
 from pipelines.local_stack import BigQueryEmulator
+from tests.bigquery_helpers import (MINUTE_US, PROJECT, T0_US, assert_ticks_stored_with_latency,
+                                    candle, counter, dead_letters_by_id, decode, query,
+                                    table_path, tick)
 from tests.reliability_helpers import PersistentBigQueryEmulator
-from tests.test_proto_rows import decode
 from transforms import bigquery as bq
 from transforms import schemas, storage_write
 from transforms.proto_rows import RowEncoder
@@ -33,86 +34,21 @@ from transforms.sinks import FinalizeRowsFn, finalize_row
 from transforms.storage_write import Appender, PendingStream, commit_streams, make_write_client
 from transforms.storage_write_sink import PendingStreams
 
-PROJECT = "test-project"
-T0_US = 1_502_942_400_000_000  # 2017-08-17T04:00:00Z
-MINUTE_US = 60_000_000
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[BigQueryEmulator]:
-    with BigQueryEmulator(project=PROJECT) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(emulator: BigQueryEmulator) -> Iterator[Any]:
-    bq_client = bq.make_client(PROJECT, emulator.endpoint)
-    yield bq_client
-    bq_client.close()
-
-
 @pytest.fixture(scope="module")
 def write_client(emulator: BigQueryEmulator) -> Any:
     return make_write_client(emulator.grpc_host)
 
 
-@pytest.fixture(scope="module")
-def beam_to_emulator(emulator: BigQueryEmulator) -> Iterator[None]:
-    """The pipeline's writers find the local server through the environment, as in ``mds run``."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in emulator.client_env().items():
-            patch.setenv(name, value)
-        yield
-
-
-@pytest.fixture
-def dataset(client: Any) -> str:
-    ref = f"{PROJECT}:ds_{uuid.uuid4().hex[:10]}"
-    bq.ensure_tables(client, ref)
-    return ref
-
-
-def tick(trade_id: int | str, ts_us: int = T0_US, **overrides: Any) -> dict[str, Any]:
-    row = {"exchange": "binance", "symbol": "BTC-USDT", "native_symbol": "BTCUSDT",
-           "id": str(trade_id), "price": 4261.48, "amount": 0.5, "side": "buy",
-           "timestamp": iso_from_us(ts_us), "local_timestamp": iso_from_us(ts_us + 1_000)}
-    row.update(overrides)
-    return row
-
-
-def candle(start_us: int, **overrides: Any) -> dict[str, Any]:
-    row = {"exchange": "binance", "symbol": "BTC-USDT", "native_symbol": "BTCUSDT",
-           "timeframe": "1m", "timestamp_in": iso_from_us(start_us),
-           "window_end": iso_from_us(start_us + MINUTE_US), "open": 4261.0, "high": 4263.0,
-           "low": 4260.0, "close": 4262.0, "volume": 1.0, "quote_volume": 4262.0, "trades": 3,
-           "vwap": 4262.0, "buy_volume": 0.5, "sell_volume": 0.5, "buy_trades": 2,
-           "sell_trades": 1, "is_gap": False, "is_partial": False, "is_final": True, "revision": 0}
-    row.update(overrides)
-    return row
-
-
-def path(dataset: str, table: str) -> str:
-    return dataset.replace(":", ".") + "." + table
-
-
-def query(client: Any, sql: str) -> list[dict[str, Any]]:
-    return [dict(row.items()) for row in client.query(sql).result()]
+def write_path(dataset: str, table: str) -> str:
+    """The Storage Write API's name of a table of a PROJECT:DATASET."""
+    return storage_write.table_path(*dataset.split(":"), table)
 
 
 def count(client: Any, dataset: str, table: str) -> tuple[int, int]:
     """(rows, distinct ids) of ``ticks``, or (rows, rows) of another table."""
     distinct = "COUNT(DISTINCT id)" if table == schemas.TICKS_TABLE else "COUNT(*)"
-    row = query(client, f"SELECT COUNT(*) AS n, {distinct} AS d FROM `{path(dataset, table)}`")[0]
+    row = query(client, f"SELECT COUNT(*) AS n, {distinct} AS d FROM `{table_path(dataset, table)}`")[0]
     return row["n"], row["d"]
-
-
-def dead_letters(client: Any, dataset: str) -> dict[str, dict[str, Any]]:
-    rows = query(client, f"SELECT * FROM `{path(dataset, schemas.DEAD_LETTER_TABLE)}`")
-    return {json.loads(r["payload"])["id"]: r for r in rows}
-
-
-def counter(result: Any, name: str) -> int:
-    return sum(c.committed or 0 for c in result.metrics().query(MetricsFilter().with_name(name))["counters"])
 
 
 def encoded(table: str, rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bytes]]:
@@ -147,13 +83,8 @@ def test_default_stream_writes_rows_and_dead_letters_what_cannot_be_stored(
                           ("bigquery_insert", "102")]))
     result = run(pipeline)
 
-    written = query(client, f"SELECT id, timestamp, timestamp_out, latency_ms "
-                            f"FROM `{path(dataset, schemas.TICKS_TABLE)}`")
-    assert sorted(int(r["id"]) for r in written) == list(range(20))
-    for row in written:
-        latency_us = (row["timestamp_out"] - row["timestamp"]).total_seconds() * 1e6
-        assert row["latency_ms"] == pytest.approx(latency_us / 1_000, abs=0.001)
-    dead_rows = dead_letters(client, dataset)
+    assert_ticks_stored_with_latency(client, dataset, list(range(20)))
+    dead_rows = dead_letters_by_id(client, dataset)
     assert set(dead_rows) == {"100", "101", "102"}
     assert "FLOAT64 column 'price' got str 'not-a-number'" in dead_rows["100"]["reason"]
     assert json.loads(dead_rows["100"]["payload"])["price"] == "not-a-number"
@@ -183,7 +114,7 @@ def test_streaming_pipeline_appends_candles_to_the_default_stream(
          | bq.WriteRowsToBigQuery(schemas.CANDLES_TABLE, dataset))
     run(pipeline)
     written = query(client, f"SELECT timestamp_in, window_end, timestamp_out, latency_ms, trades, "
-                            f"is_gap, vwap FROM `{path(dataset, schemas.CANDLES_TABLE)}` "
+                            f"is_gap, vwap FROM `{table_path(dataset, schemas.CANDLES_TABLE)}` "
                             f"ORDER BY timestamp_in")
     assert [r["timestamp_in"].timestamp() * 1e6 for r in written] == [
         T0_US + i * MINUTE_US for i in range(6)]
@@ -191,7 +122,7 @@ def test_streaming_pipeline_appends_candles_to_the_default_stream(
         assert (row["trades"], row["is_gap"], row["vwap"]) == (3, False, 4262.0)
         assert row["latency_ms"] == pytest.approx(
             (row["timestamp_out"] - row["window_end"]).total_seconds() * 1e3, abs=0.001)
-    dead = query(client, f"SELECT reason, payload FROM `{path(dataset, schemas.DEAD_LETTER_TABLE)}`")
+    dead = query(client, f"SELECT reason, payload FROM `{table_path(dataset, schemas.DEAD_LETTER_TABLE)}`")
     assert len(dead) == 1 and "INT64 column 'trades' got str 'many'" in dead[0]["reason"]
 
 
@@ -201,18 +132,18 @@ def test_rows_the_server_refuses_are_found_by_splitting_and_dead_lettered(
     a whole request for one bad row; splitting finds the rows it refuses, the others land."""
     ref = f"{PROJECT}:drift_{uuid.uuid4().hex[:8]}"
     bq.ensure_tables(client, ref)
-    client.delete_table(path(ref, schemas.TICKS_TABLE))
+    client.delete_table(table_path(ref, schemas.TICKS_TABLE))
     fields = [dict(f, type="INT64") if f["name"] == "id" else f for f in schemas.TICK_FIELDS]
-    client.create_table(bigquery.Table(path(ref, schemas.TICKS_TABLE),
+    client.create_table(bigquery.Table(table_path(ref, schemas.TICKS_TABLE),
                                        schema=[bigquery.SchemaField.from_api_repr(f) for f in fields]))
     ids = [str(i) if i % 50 else f"x{i}" for i in range(300)]  # 6 ids are not numbers
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
     _ = (pipeline | beam.Create([[tick(i) for i in ids]])
          | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, ref, batched=True))
     result = run(pipeline)
-    stored = query(client, f"SELECT id FROM `{path(ref, schemas.TICKS_TABLE)}`")
+    stored = query(client, f"SELECT id FROM `{table_path(ref, schemas.TICKS_TABLE)}`")
     assert sorted(r["id"] for r in stored) == sorted(int(i) for i in ids if i.isdigit())
-    dead = dead_letters(client, ref)
+    dead = dead_letters_by_id(client, ref)
     assert sorted(dead) == sorted(i for i in ids if not i.isdigit())
     assert all(d["reason"].startswith("INVALID_ARGUMENT: ") and "x" in d["reason"]
                for d in dead.values())  # the server's own words
@@ -239,8 +170,7 @@ def test_big_batches_are_cut_into_requests_under_the_limit(client: Any, dataset:
                                                            write_client: Any) -> None:
     """Rows of ~400 KB: 60 of them (24 MB) must go as several requests, none over the limit."""
     rows = [tick(i, native_symbol="S" * 400_000) for i in range(60)]
-    appender = Appender(write_client, f"projects/{PROJECT}/datasets/{dataset.split(':')[1]}"
-                                      f"/tables/ticks/streams/_default",
+    appender = Appender(write_client, write_path(dataset, schemas.TICKS_TABLE) + "/streams/_default",
                         RowEncoder(schemas.TICKS_TABLE).descriptor)
     assert appender.append(encoded(schemas.TICKS_TABLE, rows)) == []
     assert count(client, dataset, schemas.TICKS_TABLE) == (60, 60)
@@ -286,7 +216,7 @@ def test_a_local_rest_endpoint_without_the_grpc_one_is_refused(
 
 def test_pending_rows_are_invisible_until_the_commit_and_a_resend_is_stored_once(
         client: Any, dataset: str, write_client: Any) -> None:
-    table = storage_write.table_path(PROJECT, dataset.split(":")[1], schemas.TICKS_TABLE)
+    table = write_path(dataset, schemas.TICKS_TABLE)
     stream = PendingStream(write_client, table, RowEncoder(schemas.TICKS_TABLE).descriptor)
     items = encoded(schemas.TICKS_TABLE, [tick(i) for i in range(500)])
     assert stream.appender.append(items) == []
@@ -303,7 +233,7 @@ def test_pending_rows_are_invisible_until_the_commit_and_a_resend_is_stored_once
 
 def test_a_refused_commit_commits_nothing_of_that_table(client: Any, dataset: str,
                                                         write_client: Any) -> None:
-    table = storage_write.table_path(PROJECT, dataset.split(":")[1], schemas.TICKS_TABLE)
+    table = write_path(dataset, schemas.TICKS_TABLE)
     descriptor = RowEncoder(schemas.TICKS_TABLE).descriptor
     finished, open_ = PendingStream(write_client, table, descriptor), PendingStream(write_client, table, descriptor)
     for stream in (finished, open_):
@@ -351,7 +281,7 @@ def test_a_bounded_run_writes_every_table_at_its_end_or_nothing(
     result = bounded_run(dataset, fail=False)  # the re-run
     assert count(client, dataset, schemas.TICKS_TABLE) == (1_000, 1_000)
     assert count(client, dataset, schemas.CANDLES_TABLE) == (30, 30)
-    assert list(dead_letters(client, dataset)) == ["bad"]
+    assert list(dead_letters_by_id(client, dataset)) == ["bad"]
     assert counter(result, "ticks_rows_appended") == 1_000
 
 
@@ -496,13 +426,12 @@ def test_a_refusal_of_the_whole_call_rejects_every_row_with_the_reason() -> None
 def test_timestamps_reach_bigquery_as_the_same_instants(client: Any, dataset: str,
                                                         write_client: Any) -> None:
     ts = [T0_US, T0_US + 1, -1, 0, parse_time_us("9999-12-31T23:59:59.999999Z")]
-    appender = Appender(write_client, storage_write.table_path(
-        PROJECT, dataset.split(":")[1], schemas.TICKS_TABLE) + "/streams/_default",
+    appender = Appender(write_client, write_path(dataset, schemas.TICKS_TABLE) + "/streams/_default",
         RowEncoder(schemas.TICKS_TABLE).descriptor)
     rows = [tick(i, timestamp=iso_from_us(t)) for i, t in enumerate(ts)]
     assert appender.append(encoded(schemas.TICKS_TABLE, rows)) == []
     stored = query(client, f"SELECT id, UNIX_MICROS(timestamp) AS us FROM "
-                           f"`{path(dataset, schemas.TICKS_TABLE)}` ORDER BY id")
+                           f"`{table_path(dataset, schemas.TICKS_TABLE)}` ORDER BY id")
     assert [r["us"] for r in stored] == ts
 
 
@@ -543,7 +472,7 @@ def test_replay_into_bigquery_commits_once_per_run_and_the_views_show_the_day_on
         assert summary["unique_ticks"] == 3_427
         assert count(client, ref, schemas.TICKS_TABLE) == (3_427 * run_number, 3_427)
         assert count(client, ref, schemas.CANDLES_TABLE)[0] == len(sample_replay["candles"]) * run_number
-    ds = "`" + path(ref, "")
+    ds = "`" + table_path(ref, "")
     assert query(client, f"SELECT COUNT(*) AS n FROM {ds}ticks_unique`")[0]["n"] == 3_427
     latest = {(r["timeframe"], r["timestamp_in"].timestamp()): r for r in query(
         client, f"SELECT * FROM {ds}candles_latest`")}

@@ -15,6 +15,7 @@ a lone surrogate, an int beyond int64, a time outside BigQuery's range) raises
 from __future__ import annotations
 
 import numbers
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -30,6 +31,8 @@ PROTO_TYPES = {"STRING": _FieldType.TYPE_STRING, "FLOAT64": _FieldType.TYPE_DOUB
 INT64_RANGE = (-(2 ** 63), 2 ** 63 - 1)
 # BigQuery TIMESTAMP range: 0001-01-01 00:00:00 to 9999-12-31 23:59:59.999999 UTC, in µs.
 TIMESTAMP_RANGE_US = (-62_135_596_800_000_000, 253_402_300_799_999_999)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MICROSECOND = timedelta(microseconds=1)
 
 
 class RowEncodingError(ValueError):
@@ -60,6 +63,8 @@ def _string(name: str, value: Any) -> str:
 
 
 def _float64(name: str, value: Any) -> float:
+    if type(value) is float:  # the common case, without the ABC checks below
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise RowEncodingError(f"FLOAT64 column {name!r} got {type(value).__name__} {value!r}")
     return float(value)
@@ -81,12 +86,21 @@ def _bool(name: str, value: Any) -> bool:
 
 
 def _timestamp(name: str, value: Any) -> int:
-    """µs since the epoch from µs (an int) or an ISO-8601 string (the finished-row form)."""
+    """µs since the epoch from µs (an int) or an ISO-8601 string (the finished-row form).
+
+    ISO strings are read by ``datetime.fromisoformat`` directly (a fifth of the cost of
+    ``parse_time_us``, three times per tick row); anything it refuses gets ``parse_time_us``'s
+    verdict, so both agree on what is valid."""
     if isinstance(value, str):
         try:
-            micros = parse_time_us(value)
-        except ValueError as exc:
-            raise RowEncodingError(f"TIMESTAMP column {name!r}: {exc}") from exc
+            parsed = datetime.fromisoformat(value)
+            micros = (parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)) - EPOCH
+            micros //= MICROSECOND
+        except ValueError:
+            try:
+                micros = parse_time_us(value)
+            except ValueError as exc:
+                raise RowEncodingError(f"TIMESTAMP column {name!r}: {exc}") from exc
     elif isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
         micros = int(value)
     else:
