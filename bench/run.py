@@ -418,7 +418,8 @@ def writer_rows(day: DayArrays, args: argparse.Namespace) -> list[Row]:
                   if method == "STREAMING_INSERTS" else
                   f"{sizes['proto']:,.1f} B proto, ${sizes['storage_write_usd_per_million']:.4f}")
         rows.append(Row(f"BQ writer alone: {method}", got["stored"], got["seconds"], None,
-                        f"{got['stored']:,}/{ticks:,} tick rows stored, batches of 2,000; per row "
+                        f"{got['stored']:,}/{ticks:,} tick rows stored, {got['failed']} dead letters, "
+                        f"one bundle per 2,000-row batch; per row "
                         f"{sizes['logical']:,.1f} B logical, {billed} per million rows"))
         print(f"writer {method}: {rows[-1].ticks_per_second:,.0f} rows/s", flush=True)
     return rows

@@ -1,8 +1,8 @@
 """BigQuery Storage Write API client side, without Beam: append protobuf rows, commit streams.
 
-``Appender`` sends rows to one write stream: requests of at most ``MAX_REQUEST_BYTES`` (BigQuery
-takes 10 MB per AppendRows request, https://cloud.google.com/bigquery/quotas#write-api-limits),
-pipelined on one AppendRows connection per call. Every request names its stream and carries the
+``Appender`` sends rows to one write stream: requests of at most ``MAX_REQUEST_BYTES`` (BigQuery's
+quotas page gives 10 MB per AppendRows request; google-cloud-bigquery-storage 2.43 documents
+20 MB), pipelined on one AppendRows connection per call. Every request names its stream and carries the
 writer schema: BigQuery needs both only on a connection's first request and accepts them on any
 (the schema is "provided whenever the input schema changes"), while bqemulator 1.4 forgets the
 stream after the first request and the schema after a first request it refused, then fails

@@ -71,6 +71,10 @@ class AppendRowsFn(beam.DoFn):
         self._default = Appender(self._client, f"{self._table_path}/streams/_default",
                                  self._encoder.descriptor)
 
+    def teardown(self) -> None:
+        if self._client is not None:
+            self._client.transport.close()
+
     def start_bundle(self) -> None:
         self._buffer, self._buffer_bytes, self._stream = [], 0, None
 
