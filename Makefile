@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv venv-bq node-deps deps replay demo test test-python test-node emulators-up \
-	emulators-down emulators-status bench lint clean
+	emulators-down emulators-status bench step-names lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -67,6 +67,9 @@ emulators-status: venv
 
 bench: deps ## throughput/latency table (prints figures; not a test)
 	$(PY) -m bench.run
+
+step-names: venv ## rewrite tests/dataflow_step_names.txt from the Dataflow job graphs (review the diff)
+	$(PY) deploy/dataflow_graph.py
 
 clean: ## remove venvs, outputs and caches
 	rm -rf $(VENV) $(VENV_BQ) out build *.egg-info .pytest_cache $(NODE_DIR)/node_modules

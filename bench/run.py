@@ -302,7 +302,8 @@ def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str, rate:
                    f"--timeframes={args.timeframes}", f"--feature_timeframes={args.feature_timeframes}",
                    f"--allowed_lateness_seconds={args.allowed_lateness_seconds}",
                    f"--bigquery_write_method={method}",
-                   "--early_firing_seconds=10", "--idle_timeout_seconds=120"],
+                   "--early_firing_seconds=10", "--idle_timeout_seconds=120",
+                   f"--local_journal_dir={os.path.join(work_dir, f'journal-{rate:g}-{method}')}"],
             cwd=REPO, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
         monitor = PeakRssMonitor(pipeline.pid)
         monitor.start()

@@ -59,7 +59,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         pipeline = subprocess.Popen(
             MDS + ["run", "--runner=BundleBasedDirectRunner", f"--input_subscription={subscription}",
                    f"--output_dataset={PROJECT}:{DATASET}", f"--mode={args.mode}",
-                   "--allowed_lateness_seconds=30", "--early_firing_seconds=10", "--idle_timeout_seconds=120"],
+                   "--allowed_lateness_seconds=30", "--early_firing_seconds=10", "--idle_timeout_seconds=120",
+                   f"--local_journal_dir={os.path.join(args.work_dir, 'journal')}"],
             env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
         heartbeat = Heartbeat(topic)
         ingest = None

@@ -6,6 +6,10 @@
 #   make template-run PROJECT=my-proj UPDATE=1      # replace the running job in place
 #   make drain PROJECT=my-proj MODE=candles
 #   make deploy PROJECT=my-proj DRY_RUN=1           # print the plan only
+#   make ingest-run PROJECT=my-proj SOURCE=tardis FROM=2024-03-01 TO=2024-03-02 TARDIS_SECRET=tardis-api-key
+#
+# Every flag of the script has a variable here (empty = the script's default), so nothing set on
+# the make command line is silently dropped.
 
 DEPLOY_SCRIPT ?= deploy/deploy-streaming-service.sh
 PROJECT ?= $(GOOGLE_CLOUD_PROJECT)
@@ -16,23 +20,39 @@ EXCHANGE ?= binance
 DURATION ?= 1h
 SOURCE ?= live
 TARDIS_SECRET ?=
+FROM ?=
+TO ?=
 DATASET ?= market_data
+BUCKET ?=
 TAG ?=
 MAX_WORKERS ?= 3
+MACHINE_TYPE ?=
+SERVICE_ACCOUNT ?=
+INGEST_SERVICE_ACCOUNT ?=
+BUILD_SERVICE_ACCOUNT ?=
+USE_DOCKER ?=
 NODEJS ?=
 UPDATE ?=
+TRANSFORM_NAME_MAPPINGS ?=
 DRY_RUN ?=
 
 DEPLOY_FLAGS = --mode $(MODE) --symbol $(SYMBOL) --exchange $(EXCHANGE) --duration $(DURATION) \
 	--source $(SOURCE) --region $(REGION) --dataset $(DATASET) --max-workers $(MAX_WORKERS) \
 	$(if $(PROJECT),--project $(PROJECT)) $(if $(TAG),--tag $(TAG)) \
-	$(if $(TARDIS_SECRET),--tardis-secret $(TARDIS_SECRET)) $(if $(NODEJS),--nodejs) \
-	$(if $(UPDATE),--update) $(if $(DRY_RUN),--dry-run)
+	$(if $(TARDIS_SECRET),--tardis-secret $(TARDIS_SECRET)) \
+	$(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) $(if $(BUCKET),--bucket $(BUCKET)) \
+	$(if $(MACHINE_TYPE),--machine-type $(MACHINE_TYPE)) \
+	$(if $(SERVICE_ACCOUNT),--service-account $(SERVICE_ACCOUNT)) \
+	$(if $(INGEST_SERVICE_ACCOUNT),--ingest-service-account $(INGEST_SERVICE_ACCOUNT)) \
+	$(if $(BUILD_SERVICE_ACCOUNT),--build-service-account $(BUILD_SERVICE_ACCOUNT)) \
+	$(if $(USE_DOCKER),--use-docker) $(if $(NODEJS),--nodejs) \
+	$(if $(UPDATE),--update) $(if $(TRANSFORM_NAME_MAPPINGS),--transform-name-mappings $(TRANSFORM_NAME_MAPPINGS)) \
+	$(if $(DRY_RUN),--dry-run)
 
-.PHONY: deploy gcp-apis gcp-infra image template-build template-run template-update ingest-run \
+.PHONY: deploy gcp-apis gcp-infra gcp-iam image template-build template-run template-update ingest-run \
 	ingest-stop deploy-status drain cancel
 
-deploy:           ## everything: APIs, infra, image, template, Dataflow job, ingest worker
+deploy:           ## everything: APIs, infra, IAM, image, template, Dataflow job, ingest worker
 	$(DEPLOY_SCRIPT) deploy $(DEPLOY_FLAGS)
 
 gcp-apis:         ## enable the Google Cloud APIs
@@ -40,6 +60,9 @@ gcp-apis:         ## enable the Google Cloud APIs
 
 gcp-infra:        ## bucket, Artifact Registry, Pub/Sub topics + subscription, BigQuery dataset/tables/views
 	$(DEPLOY_SCRIPT) infra $(DEPLOY_FLAGS)
+
+gcp-iam:          ## service accounts and their least-privilege roles (docs/runbook.md)
+	$(DEPLOY_SCRIPT) iam $(DEPLOY_FLAGS)
 
 image:            ## build and push the template image (+ Node ingest image with NODEJS=1)
 	$(DEPLOY_SCRIPT) image $(DEPLOY_FLAGS)

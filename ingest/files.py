@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import json
 import os
 import re
@@ -38,12 +39,14 @@ def open_binary(path: str) -> IO[bytes]:
 
 
 def open_text(path: str) -> IO[str]:
-    return io.TextIOWrapper(open_binary(path), encoding="utf-8", newline="")
+    """Text whose invalid UTF-8 bytes become lone surrogates: the parser refuses those cells
+    with a reason instead of the whole file failing to decode."""
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="surrogateescape", newline="")
 
 
 def sniff_format(path: str) -> str:
     with open_text(path) as handle:
-        return detect_format(handle.readline())
+        return detect_format(handle.readline(1 << 16))
 
 
 def iter_tardis_columns(path: str, block_bytes: int = 1 << 22) -> Iterator[Any]:
@@ -68,14 +71,43 @@ def iter_tardis_columns(path: str, block_bytes: int = 1 << 22) -> Iterator[Any]:
 
 
 def detect_format(first_line: str) -> str:
+    """The format a first line announces; anything that is not one of the CSVs is read as JSONL,
+    so a file of garbage becomes one dead letter per line rather than a failed replay."""
     stripped = first_line.strip()
-    if stripped.startswith("{"):
-        return FORMAT_JSONL
     if stripped.split(",")[:2] == TARDIS_HEADER[:2]:
         return FORMAT_TARDIS_CSV
-    if stripped[:1].isdigit():
+    if stripped[:1].isascii() and stripped[:1].isdigit():
         return FORMAT_BINANCE_CSV
-    raise ValueError(f"unrecognised trades file format, first line: {stripped[:80]!r}")
+    return FORMAT_JSONL
+
+
+def iter_chunks(path: str, chunk_size: int) -> Iterator[tuple[Any, int]]:
+    """(element, ticks it holds) for the pipeline's parser: Tardis CSV column chunks (the fast
+    path), lists of record dicts (other CSVs) or JSONL lines. A Tardis CSV that Arrow cannot
+    read on (a row of the wrong width, bytes that are not UTF-8) goes on row by row from where
+    Arrow stopped, so each bad row is a dead letter and the good ones still count."""
+    done = 0
+    if sniff_format(path) == FORMAT_TARDIS_CSV:
+        import pyarrow as pa
+
+        try:
+            for columns in iter_tardis_columns(path):
+                yield columns, columns.num_rows
+                done += columns.num_rows
+            return
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            pass
+    chunk: list[Any] = []
+    for record in itertools.islice(iter_records(path), done, None):
+        if isinstance(record, bytes):
+            yield record, 1
+            continue
+        chunk.append(record)
+        if len(chunk) >= chunk_size:
+            yield chunk, len(chunk)
+            chunk = []
+    if chunk:
+        yield chunk, len(chunk)
 
 
 def _number(text: str) -> Any:
@@ -129,22 +161,25 @@ def _binance_rows(lines: Iterator[str], native: str) -> Iterator[dict[str, Any]]
         yield tick
 
 
-def iter_records(path: str) -> Iterator[dict[str, Any] | str]:
-    """Wire-format tick dicts for CSV files; for JSONL, each line as it is (a message to parse).
+def iter_records(path: str) -> Iterator[dict[str, Any] | bytes]:
+    """Wire-format tick dicts for CSV files; for JSONL, each line's bytes as they are (a message
+    to parse, which may not even be UTF-8).
 
     Rows that cannot even be split into columns come out as ``{"_raw", "_error"}`` dicts so the
     parser dead-letters them with the reason.
     """
+    if sniff_format(path) == FORMAT_JSONL:
+        with open_binary(path) as raw:
+            for line in raw:
+                if line.strip():
+                    yield line.rstrip(b"\r\n")
+        return
     with open_text(path) as handle:
         first = handle.readline()
         if not first:
             return
         file_format = detect_format(first)
-        if file_format == FORMAT_JSONL:
-            for line in [first] + list(_lines(handle)):
-                if line.strip():
-                    yield line.rstrip("\n")
-        elif file_format == FORMAT_TARDIS_CSV:
+        if file_format == FORMAT_TARDIS_CSV:
             yield from _tardis_rows(_lines(handle))
         else:
             match = _BINANCE_NAME.search(os.path.basename(path))

@@ -5,7 +5,7 @@ bundled Binance day → the streaming pipeline (DirectRunner) reads Pub/Sub in e
 appends ticks, candles and dead letters to BigQuery through the Storage Write API (the server's
 gRPC port) → the analytics views are queried.
 
-The DirectRunner's Pub/Sub source sets the watermark to wall-clock time (LOCAL-STACK.md), so
+The DirectRunner's Pub/Sub source sets the watermark to wall-clock time (docs/local-stack.md), so
 historical ticks would all arrive "late". The demo therefore replays the day compressed
 ``--speed`` times with event times re-stamped to now (a 4h window of the day passes in seconds).
 Exact historical candles come from ``mds replay``; on Dataflow the Pub/Sub watermark follows the
@@ -142,7 +142,8 @@ def main(argv: list[str]) -> int:
              f"--input_subscription={subscription}",
              f"--output_dataset={PROJECT}:{DATASET}", f"--mode={args.mode}", "--console=true",
              f"--allowed_lateness_seconds={args.allowed_lateness_seconds}",
-             "--early_firing_seconds=10", "--idle_timeout_seconds=120"],
+             "--early_firing_seconds=10", "--idle_timeout_seconds=120",
+             f"--local_journal_dir={os.path.join(workdir, 'journal')}"],
             env=env, start_new_session=True)
         ingest = None
         heartbeat = Heartbeat(topic)

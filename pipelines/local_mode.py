@@ -1,6 +1,7 @@
 """Patches of Beam's DirectRunner for local runs ONLY; the Dataflow path never applies them.
 
-``harden_pubsub_read``: the DirectRunner reads Pub/Sub in ``_PubSubReadEvaluator``
+``local_runner`` applies them for the time of a local run. Resilience: the DirectRunner reads
+Pub/Sub in ``_PubSubReadEvaluator``
 (``apache_beam/runners/direct/transform_evaluator.py``): per bundle, one synchronous ``pull``
 (at most 10 messages) and then ``acknowledge``. An error from either escapes ``finish_bundle``;
 the executor retries a bundle 4 times and then fails the pipeline. Measured with the emulator
@@ -10,7 +11,7 @@ emulator answers NotFound until its subscription is recreated, which burns the 4
 milliseconds; and an ``acknowledge`` error discards the messages that pull already returned.
 Dataflow's Pub/Sub source retries all of this by itself, hence a local-only patch.
 
-It wraps the subscriber client the evaluator uses: a pull that fails transiently (or with
+``_ResilientSubscriber`` wraps the subscriber client the evaluator uses: a pull that fails transiently (or with
 NotFound on a subscription that has answered before, i.e. one being recreated) returns no
 messages after a backoff, and the evaluator simply pulls again; a failed acknowledge is logged
 and the pulled messages still go downstream (Pub/Sub may deliver them again; the pipeline drops
@@ -18,13 +19,20 @@ duplicate trade ids). Any other error still fails the bundle as before.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
+from apache_beam.options.pipeline_options import PipelineOptions
 from google.api_core import exceptions as api_exceptions
+
+from pipelines.local_pubsub import DurableReads, subscriber_client
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -114,17 +122,60 @@ def _first_line(error: BaseException) -> str:
     return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
-def harden_pubsub_read() -> None:
-    """Make the DirectRunner's Pub/Sub read survive pull/acknowledge errors (see the module
-    doc). Idempotent; acts on this process only."""
+class LocalRunOptions(PipelineOptions):
+    """Options of local runs only (not Flex Template parameters)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument("--local_journal_dir", default=os.path.join("out", "journal"),
+                            help="Where the local Pub/Sub read journals messages before it "
+                                 "acknowledges them; a restarted run replays them from here.")
+
+
+@contextlib.contextmanager
+def local_runner(journal_dir: str | os.PathLike[str], horizon_us: int) -> Iterator[DurableReads]:
+    """Patch the DirectRunner's Pub/Sub read for local runs, and undo it on exit: pulls and
+    acknowledges ride out an outage (``_ResilientSubscriber``), messages are journaled before
+    they are acknowledged and replayed after a crash, their ``ts`` is guarded and their size is
+    unlimited (``pipelines.local_pubsub``). Only local entry points (``mds run``, the demo) enter
+    it; ``patched_names`` lists what it replaces, so a Beam upgrade that renames one fails a test.
+    """
+    from apache_beam.runners.direct import transform_evaluator
     from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator
 
-    original = _PubSubReadEvaluator._get_subscriber_client
-    if getattr(original, "hardened", False):
-        return
+    reads = DurableReads(Path(journal_dir), horizon_us)
+    evaluator = _PubSubReadEvaluator
+    saved = {name: evaluator.__dict__[name] for name in PATCHED_EVALUATOR_ATTRIBUTES}
+    finish_bundle = saved["finish_bundle"]
 
-    def resilient_client(cls: type, transform: Any) -> _ResilientSubscriber:
-        return _ResilientSubscriber(original.__func__(cls, transform))
+    def client_state(cls: type, transform: Any) -> Any:
+        state = cls._subscriber_client_cache.get(transform)
+        if state is None:
+            state = transform_evaluator._PubSubSubscriberClient(
+                _ResilientSubscriber(subscriber_client()))
+            cls._subscriber_client_cache[transform] = state
+            weakref.finalize(transform, state.close)
+        return state
 
-    resilient_client.hardened = True  # type: ignore[attr-defined]
-    _PubSubReadEvaluator._get_subscriber_client = classmethod(resilient_client)
+    def read_from_pubsub(self: Any, timestamp_attribute: str | None) -> list[tuple[Any, Any]]:
+        client = self._get_subscriber_client(self._applied_ptransform)
+        return reads.of(self._sub_name).next_bundle(client, self._sub_name)
+
+    def durable_finish_bundle(self: Any) -> Any:
+        result = finish_bundle(self)
+        result.keyed_watermark_holds[None] = reads.of(self._sub_name).watermark_hold()
+        return result
+
+    evaluator._get_subscriber_client_state_unlocked = classmethod(client_state)
+    evaluator._read_from_pubsub = read_from_pubsub
+    evaluator.finish_bundle = durable_finish_bundle
+    try:
+        yield reads
+    finally:
+        for name, value in saved.items():
+            setattr(evaluator, name, value)
+
+
+# What ``local_runner`` replaces on Beam's _PubSubReadEvaluator (tests check they still exist).
+PATCHED_EVALUATOR_ATTRIBUTES = ("_get_subscriber_client_state_unlocked", "_read_from_pubsub",
+                                "finish_bundle")

@@ -66,6 +66,9 @@ class MarketDataOptions(PipelineOptions):
         parser.add_argument("--early_firing_seconds", type=int, default=60,
                             help="Processing-time cadence of provisional (is_final=false) panes "
                                  "for 4h and 24h candles; 0 disables them.")
+        parser.add_argument("--dedup_retention_seconds", type=int, default=3600,
+                            help="How long (event time) a market remembers the trade ids it let "
+                                 "through: a repeated id within it is dropped as a duplicate.")
         parser.add_argument("--gap_candles", type=str2bool, default=True,
                             help="Emit gap candles (O=H=L=C=previous close, volume 0) for empty "
                                  "intervals after a key's first trade.")

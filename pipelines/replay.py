@@ -2,7 +2,7 @@
 
 Event time is exact here (a bounded source holds the watermark until the file is read), which is
 why historical days are replayed this way locally rather than through the Pub/Sub emulator, whose
-DirectRunner source puts the watermark at wall-clock time (LOCAL-STACK.md).
+DirectRunner source puts the watermark at wall-clock time (docs/local-stack.md).
 """
 from __future__ import annotations
 

@@ -10,14 +10,15 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+import time
+import zlib
+from typing import Any, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 
-from ingest.files import FORMAT_TARDIS_CSV, iter_records, iter_tardis_columns, sniff_format
+from ingest.files import iter_chunks
 from pipelines.options import MarketDataOptions
 from transforms.bigquery import (STORAGE_WRITE_API, WriteRowsToBigQuery, ensure_tables,
                                  ensure_views, make_client, split_dataset_ref)
@@ -25,16 +26,16 @@ from transforms.candles import CandlesFromTicks, parse_timeframes
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
 from transforms.sequencer import SequenceCandles
 from transforms.sinks import FinalizeRowsFn, PrintCandlesFn, WriteJsonLines
+from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.storage_write import storage_emulator_host
 from transforms.storage_write_sink import PendingStreams
-from transforms.ticks import DedupTicks, LateTicksToDeadLetterFn, ParseTicks, tick_rows
+from transforms.tick_guard import GuardTicks
+from transforms.ticks import ParseTicks, TickBatch, tick_rows
 
 CSV_CHUNK_TICKS = 2_000  # ticks per element when replaying CSV files
 # Downstream windows keep this much more lateness than the tick guard, so a tick the guard lets
 # through is never dropped by a window that closed a moment earlier.
 LATENESS_MARGIN_SECONDS = 60
-# How long a closed 15 s bucket is remembered, so a tick that late is still dead-lettered as late.
-LATE_TICK_MEMORY_SECONDS = 86_400
 
 
 class ReadTickFileFn(beam.DoFn):
@@ -50,27 +51,15 @@ class ReadTickFileFn(beam.DoFn):
 
         with tqdm(total=self._progress_total, disable=not self._progress_total, unit="ticks",
                   unit_scale=True, desc="replay", file=sys.stderr, leave=False) as progress:
-            for element, ticks in self._elements(path):
-                yield element
-                progress.update(ticks)
-
-    def _elements(self, path: str) -> Iterator[tuple[Any, int]]:
-        """(element, ticks it holds) pairs of the file."""
-        if sniff_format(path) == FORMAT_TARDIS_CSV:  # the columnar fast path
-            for columns in iter_tardis_columns(path):
-                yield columns, columns.num_rows
-            return
-        chunk: list[Any] = []
-        for record in iter_records(path):
-            if isinstance(record, str):
-                yield record, 1
-                continue
-            chunk.append(record)
-            if len(chunk) >= self._chunk_size:
-                yield chunk, len(chunk)
-                chunk = []
-        if chunk:
-            yield chunk, len(chunk)
+            read = 0
+            try:
+                for element, ticks in iter_chunks(path, self._chunk_size):
+                    yield element
+                    read += ticks
+                    progress.update(ticks)
+            except (OSError, EOFError, zlib.error) as error:  # e.g. a truncated .gz
+                # A record the parser dead-letters with this reason: the replay still finishes.
+                yield [{"_error": f"{path} unreadable after {read} records: {error}", "_raw": path}]
 
 
 class ReadTicks(beam.PTransform):
@@ -94,8 +83,15 @@ class ReadTicks(beam.PTransform):
             subscription=self._subscription, timestamp_attribute="ts", with_attributes=True)
 
 
-@dataclass
-class PipelineOutputs:
+class TickRowsFn(beam.DoFn):
+    """A TickBatch → its ``ticks`` rows as one list, so a batch stays one element to the sink."""
+
+    @dead_letter_on_error("tick_rows")
+    def process(self, batch: TickBatch) -> Iterator[list[dict[str, Any]]]:
+        yield tick_rows(batch)
+
+
+class PipelineOutputs(NamedTuple):
     """The row collections a pipeline produced, for sinks and tests."""
 
     ticks: Optional[PCollection]  # lists of tick rows, one per TickBatch: ticks stay batched
@@ -110,17 +106,21 @@ class MarketData(beam.PTransform):
         super().__init__()
         self._options = options
         self._bounded = bounded
+        # Stamped on candle rows: after a restart, the newer job's rows supersede (SPEC §6).
+        self._job_start_us = time.time_ns() // 1000
 
     def expand(self, messages: PCollection) -> PipelineOutputs:
         opts = self._options
         parsed = messages | "ParseTicks" >> ParseTicks(opts.max_future_seconds)
-        guarded = parsed.ticks | "DedupTicks" >> DedupTicks(opts.allowed_lateness_seconds,
-                                                            LATE_TICK_MEMORY_SECONDS, self._bounded)
-        late_rows = guarded.late | "LateToDeadLetter" >> beam.ParDo(LateTicksToDeadLetterFn())
-        dead_letter = (parsed.dead_letter, late_rows) | "AllDeadLetters" >> beam.Flatten()
+        guarded = parsed.ticks | "GuardTicks" >> GuardTicks(
+            opts.allowed_lateness_seconds, opts.dedup_retention_seconds, self._bounded)
+        failures = [parsed.dead_letter, guarded.dead_letter]
         ticks = candles = None
         if opts.mode in ("ticks", "both"):
-            ticks = guarded.unique | "TickRows" >> beam.Map(lambda batch: list(tick_rows(batch)))
+            rows = guarded.unique | "TickRows" >> beam.ParDo(TickRowsFn()).with_outputs(
+                DEAD_LETTER_TAG, main="rows")
+            ticks = rows.rows
+            failures.append(rows[DEAD_LETTER_TAG])
         if opts.mode in ("candles", "both"):
             timeframes = parse_timeframes(opts.timeframes)
             labels = {label for label, _ in timeframes}
@@ -129,14 +129,15 @@ class MarketData(beam.PTransform):
             if not feature_timeframes <= labels:
                 raise ValueError(f"--feature_timeframes {sorted(feature_timeframes - labels)} are "
                                  f"not in --timeframes")
-            candles = (guarded.unique
-                       | "Candles" >> CandlesFromTicks(
-                           timeframes, opts.allowed_lateness_seconds + LATENESS_MARGIN_SECONDS,
-                           opts.early_firing_seconds, self._bounded)
-                       | "SequenceCandles" >> SequenceCandles(
-                           timeframes, feature_timeframes, opts.gap_candles,
-                           opts.idle_timeout_seconds,
-                           opts.allowed_lateness_seconds + LATENESS_MARGIN_SECONDS, self._bounded))
+            lateness = opts.allowed_lateness_seconds + LATENESS_MARGIN_SECONDS
+            panes = guarded.unique | "Candles" >> CandlesFromTicks(
+                timeframes, lateness, opts.early_firing_seconds, self._bounded)
+            sequenced = panes.candles | "SequenceCandles" >> SequenceCandles(
+                timeframes, feature_timeframes, opts.gap_candles, opts.idle_timeout_seconds,
+                lateness, self._bounded, self._job_start_us)
+            candles = sequenced.rows
+            failures += [panes.dead_letter, sequenced[DEAD_LETTER_TAG]]
+        dead_letter = failures | "AllDeadLetters" >> beam.Flatten()
         return PipelineOutputs(ticks, candles, dead_letter)
 
 
@@ -194,15 +195,10 @@ def prepare_bigquery(dataset_ref: str, write_method: str = STORAGE_WRITE_API) ->
 
 
 def run(argv: Optional[list[str]] = None) -> beam.runners.runner.PipelineResult:
-    """Starts the streaming job (Flex Template and ``mds run`` entry point)."""
+    """Starts the job (the Flex Template's entry point; ``mds run`` goes through ``main``)."""
     options = PipelineOptions(argv)
     opts = options.view_as(MarketDataOptions)
     options.view_as(StandardOptions).streaming = not opts.input_file
-    runner = options.view_as(StandardOptions).runner
-    if opts.input_subscription and (runner is None or runner.endswith("DirectRunner")):
-        from pipelines.local_mode import harden_pubsub_read
-
-        harden_pubsub_read()  # local only: Dataflow's Pub/Sub source retries by itself
     if opts.output_dataset:
         prepare_bigquery(opts.output_dataset, opts.bigquery_write_method)
     pipeline = beam.Pipeline(options=options)
@@ -212,6 +208,20 @@ def run(argv: Optional[list[str]] = None) -> beam.runners.runner.PipelineResult:
 
 
 def main(argv: list[str]) -> int:
+    """``mds run``: on the DirectRunner reading Pub/Sub, inside the local runner context
+    (``pipelines.local_mode.local_runner``: durable, hostile-proof reads)."""
     logging.getLogger().setLevel(logging.INFO)
-    run(argv).wait_until_finish()
+    options = PipelineOptions(argv)
+    opts = options.view_as(MarketDataOptions)
+    runner = options.view_as(StandardOptions).runner
+    if not opts.input_subscription or not (runner is None or runner.endswith("DirectRunner")):
+        run(argv).wait_until_finish()
+        return 0
+    from pipelines.local_mode import LocalRunOptions, local_runner
+    from pipelines.local_pubsub import horizon_us
+
+    seconds = [s for _, s in parse_timeframes(opts.timeframes)]
+    journal = options.view_as(LocalRunOptions).local_journal_dir
+    with local_runner(journal, horizon_us(seconds, opts.allowed_lateness_seconds)):
+        run(argv).wait_until_finish()
     return 0

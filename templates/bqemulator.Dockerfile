@@ -1,7 +1,7 @@
 # The local BigQuery stand-in of docker-compose.yml: bqemulator (DuckDB-backed BigQuery REST +
 # gRPC), started through pipelines/bqemulator_offline.py, which skips the one start-up step that
 # needs the internet (DuckDB's spatial extension; nothing here uses GEOGRAPHY).
-# Versions as measured in /work/shared/LOCAL-STACK.md (bqemulator 1.4.0 needs numpy, undeclared).
+# Versions as in docs/local-stack.md (bqemulator 1.4.0 needs numpy, undeclared).
 FROM python:3.11-slim
 
 RUN pip install --no-cache-dir bqemulator==1.4.0 duckdb==2.0.1 numpy==2.4.6

@@ -73,18 +73,22 @@ CANDLE_COLUMNS = ("open", "high", "low", "close", "trades", "first_trade_id", "l
 
 
 def latest_traded_candles(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """(timeframe, window start ISO) → the candle's latest revision, for windows with trades
-    (gap candles depend on the streaming idle timer, not on the ticks)."""
-    from ingest.message import iso_from_us
+    """(timeframe, window start ISO) → the candle's latest row as ``candles_latest`` picks it (the
+    newest job's, then the highest revision), for windows with trades (gap candles depend on
+    the streaming idle timer, not on the ticks)."""
+    from ingest.message import iso_from_us, parse_time_us
+
+    def us(value: Any) -> int:
+        return 0 if value is None else parse_time_us(value) if isinstance(value, (str, int)) \
+            else int(value.timestamp() * 1e6)
 
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for row in rows:
-        start = row["timestamp_in"]
-        start = start if isinstance(start, str) else iso_from_us(int(start.timestamp() * 1e6))
-        key = (row["timeframe"], start)
-        if row["trades"] and (key not in latest or row["revision"] > latest[key]["revision"]):
-            latest[key] = row
-    return latest
+        key = (row["timeframe"], iso_from_us(us(row["timestamp_in"])))
+        rank = (us(row.get("job_start")), row["revision"])
+        if row["trades"] and (key not in latest or rank > latest[key][0]):
+            latest[key] = (rank, row)
+    return {key: row for key, (_, row) in latest.items()}
 
 
 def replay_reference_candles(ticks: list[dict[str, Any]], workdir: Path,

@@ -85,7 +85,7 @@ def reference() -> pd.DataFrame:
 def reference_candles(reference: pd.DataFrame) -> dict[str, np.ndarray]:
     """Candles along the reference close path. Closes and per-minute VWAP are real; the CSV has
     no OHLC or volumes, so open = previous close, high/low span open and close, and volumes are
-    fixed non-zero amounts on traded minutes (gap minutes get SPEC's zero volume, NaN vwap)."""
+    fixed non-zero amounts on traded minutes (gap minutes get SPEC §3.3's zero volume, NaN vwap)."""
     close = reference["close"].to_numpy()
     empty = reference["is_empty_minute"].to_numpy(dtype=bool)
     open_ = np.concatenate([close[:1], close[:-1]])

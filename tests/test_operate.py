@@ -295,7 +295,7 @@ def test_chart_of_a_real_replay(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pipelines.cli", "replay", "--output-dir", str(out_dir), "--quiet"],
                    check=True, capture_output=True, timeout=240, cwd=Path(__file__).resolve().parent.parent)
     series = operate.select_series(operate.read_candles_jsonl(out_dir), "BTC-USDT", "4h")
-    # Binance's own 4h candles for 2017-08-17 (/work/shared/data/README.md): the first one.
+    # Binance's own 4h candles for 2017-08-17 (tests/data/BTCUSDT-4h-official-2017-08-17.csv): the first one.
     assert operate.parse_utc(series[0]["timestamp_in"]) == START
     assert (series[0]["open"], series[0]["close"]) == (4261.48, 4349.99)
     png, page = tmp_path / "day.png", tmp_path / "day.html"

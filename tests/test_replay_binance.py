@@ -17,7 +17,7 @@ from pipelines.replay import SAMPLE
 
 DATA = Path(__file__).parent / "data"
 OFFICIAL_4H = DATA / "BTCUSDT-4h-official-2017-08-17.csv"
-# Binance's 1d kline for the day (shared/data/README.md; the API's 1d row is not a file here).
+# Binance's 1d kline for the day, from its kline API (GET /api/v3/klines?symbol=BTCUSDT&interval=1d).
 OFFICIAL_1D = {"open": 4261.48, "high": 4485.39, "low": 4200.74, "close": 4285.08, "volume": 795.150377}
 
 pytestmark = pytest.mark.timeout(300)

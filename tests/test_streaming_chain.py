@@ -55,7 +55,8 @@ def test_pubsub_to_bigquery_exactly_once_with_dead_letters_and_replay_equal_cand
             [sys.executable, "-m", "pipelines.cli", "run", "--runner=BundleBasedDirectRunner",
              f"--input_subscription={subscription}", f"--output_dataset={PROJECT}:{DATASET}",
              "--mode=both", f"--timeframes={TIMEFRAMES}", f"--feature_timeframes={TIMEFRAMES}",
-             "--allowed_lateness_seconds=30", "--idle_timeout_seconds=30"],
+             "--allowed_lateness_seconds=30", "--idle_timeout_seconds=30",
+             f"--local_journal_dir={tmp_path / 'journal'}"],
             env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             client = make_client(PROJECT, bigquery.endpoint)

@@ -126,6 +126,7 @@ GOOD_AND_BAD = {
     "feature_timeframes": (["15s,1m", "5m"], ["15s 1m", "all"]),
     "allowed_lateness_seconds": (["0", "60", "3600"], ["-1", "1.5", "sixty", ""]),
     "early_firing_seconds": (["0", "60"], ["-60", "1e3"]),
+    "dedup_retention_seconds": (["3600", "86400"], ["1h", "-5", ""]),
     "idle_timeout_seconds": (["3600"], ["1h"]),
     "max_future_seconds": (["86400"], ["-86400"]),
     "gap_candles": (["true", "false", "True", "0", "1"], ["maybe", "", "truee"]),

@@ -9,7 +9,8 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 
 from ingest.message import encode_message
 from tests.pipeline_helpers import T0_US, tick
-from transforms.ticks import BUCKET_US, DEAD_LETTER_TAG, ParseTicksFn, parse_records
+from transforms.dead_letter import DEAD_LETTER_TAG
+from transforms.ticks import BUCKET_US, ParseTicksFn, parse_records
 
 NOW_US = T0_US + 3600 * 1_000_000
 
@@ -91,7 +92,8 @@ def test_a_batch_message_yields_keyed_batches_stamped_at_the_earliest_tick():
     assert dead == []
     [stamped] = good
     (key, batch) = stamped.value
-    assert key == ("binance", "BTC-USDT", T0_US // BUCKET_US)
+    # Keyed by market: dedup holds across buckets (the batch still knows its bucket).
+    assert key == ("binance", "BTC-USDT") and batch.bucket == T0_US // BUCKET_US
     assert stamped.timestamp.micros == T0_US + 3 and sorted(batch.ids) == ["1", "2"]
 
 
@@ -105,7 +107,7 @@ def test_disconnect_marker_alone_makes_an_empty_flagged_batch():
 def test_columnar_tardis_csv_path_equals_the_per_tick_path(tmp_path):
     """`mds replay` reads Tardis CSVs column-wise: same batches and same dead letters as per tick."""
     from ingest.files import iter_records, iter_tardis_columns
-    from transforms.ticks import parse_columns
+    from transforms.tick_columns import parse_columns
 
     us = T0_US
     lines = ["exchange,symbol,timestamp,local_timestamp,id,side,price,amount",
@@ -173,7 +175,7 @@ def test_columnar_path_treats_null_cells_as_empty_ones():
     import pyarrow as pa
 
     from ingest.files import TARDIS_HEADER
-    from transforms.ticks import parse_columns
+    from transforms.tick_columns import parse_columns
 
     rows = [["binance", "BTCUSDT", str(T0_US + 1), str(T0_US + 2), "1", None, "100", "1"],
             ["binance", "BTCUSDT", str(T0_US + 3), str(T0_US + 4), None, "buy", "100", "1"],
@@ -191,7 +193,8 @@ def test_columnar_trade_id_keys_equal_the_per_id_ones() -> None:
     per-id function gives, on the edges of what counts as a numeric id."""
     import pyarrow as pa
 
-    from transforms.ticks import trade_id_keys, trade_id_keys_column
+    from transforms.tick_columns import trade_id_keys_column
+    from transforms.ticks import trade_id_keys
 
     ids = ["0", "42", "9223372036854775", "999999999999999999", "1000000000000000000", "042",
            "+42", " 42", "٤٢", "-1", "1e5", "12a", "3f2a-uuid", "3f2a-uuid", "99999999999999999999"]
@@ -202,7 +205,8 @@ def test_columnar_batches_carry_their_dedup_keys_through_take() -> None:
     import pyarrow as pa
 
     from ingest.files import TARDIS_HEADER
-    from transforms.ticks import parse_columns, trade_id_keys
+    from transforms.tick_columns import parse_columns
+    from transforms.ticks import trade_id_keys
 
     rows = [["binance", "BTCUSDT", str(T0_US + i), str(T0_US + i), trade_id, "buy", "100", "1"]
             for i, trade_id in enumerate(["7", "x-1", "9"])]

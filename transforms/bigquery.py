@@ -53,7 +53,7 @@ from apache_beam.transforms.window import GlobalWindows
 from ingest.message import iso_from_us, parse_time_us
 from transforms import schemas
 from transforms.sinks import finalize_row
-from transforms.ticks import dead_letter
+from transforms.dead_letter import dead_letter
 
 if TYPE_CHECKING:
     from transforms.storage_write_sink import PendingStreams
@@ -89,12 +89,13 @@ STORAGE_WRITE_USD_PER_GIB = 0.025
 # In creation order: a view is created after the views it reads.
 VIEW_NAMES = ("ticks_unique", "candles_unique", "candles_latest", "candles_current",
               "latency_by_minute", "volume_by_hour", "rows_cost_by_day")
-# A copy of a row (a retried append, a replay after a crash) has the same key; the first copy
-# written is kept. The partitioning column is part of each key, so a query's filter on it can be
-# applied before the window function and prune partitions through the view.
+# A copy of a row (a retried append or bundle) has the same key; the first copy written is kept.
+# A restarted job's candles carry its own job_start: other rows, which candles_latest prefers.
+# The partitioning column is part of each key, so a query's filter on it can be applied before
+# the window function and prune partitions through the view.
 UNIQUE_KEYS = {schemas.TICKS_TABLE: ("exchange", "symbol", "id", "timestamp"),
                schemas.CANDLES_TABLE: ("exchange", "symbol", "timeframe", "timestamp_in",
-                                       "revision")}
+                                       "job_start", "revision")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,13 +183,15 @@ WHERE copy_rank = 1""" for table, source in ((schemas.TICKS_TABLE, ticks), (sche
     return {
         # Each tick once, however many times it was written.
         "ticks_unique": unique[schemas.TICKS_TABLE],
-        # Each candle revision once.
+        # Each revision of each job's candle once.
         "candles_unique": unique[schemas.CANDLES_TABLE],
-        # One row per candle: the highest revision (corrections of late ticks supersede).
+        # One row per candle: the newest job's highest revision (corrections of late ticks, and
+        # a restarted job's replay, supersede).
         "candles_latest": f"""
 SELECT * EXCEPT (revision_rank) FROM (
   SELECT c.*, ROW_NUMBER() OVER (
-    PARTITION BY exchange, symbol, timeframe, timestamp_in ORDER BY revision DESC) AS revision_rank
+    PARTITION BY exchange, symbol, timeframe, timestamp_in
+    ORDER BY job_start DESC, revision DESC) AS revision_rank
   FROM {ds}.candles_unique` AS c)
 WHERE revision_rank = 1""",
         # The newest candle of every exchange/symbol/timeframe (a live board).

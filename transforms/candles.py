@@ -8,7 +8,7 @@ smallest and largest (timestamp, id), so arrival order never changes a candle.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -16,9 +16,11 @@ from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from transforms.ticks import BUCKET_US, TickBatch
+from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
+from transforms.ticks import BUCKET_US, TickBatch, is_canonical_number
 
 PANE_INDEX = "pane_index"
+STAGE_CANDLES = "candles"
 DAY_SECONDS = 86_400
 LONG_TIMEFRAME_SECONDS = 4 * 3600  # 4h and longer get provisional early panes
 _TIMEFRAME = re.compile(r"^\s*(\d+)\s*([smhd])\s*$", re.IGNORECASE)
@@ -55,8 +57,9 @@ def parse_timeframes(text: str) -> list[tuple[str, int]]:
 
 
 def id_order_key(trade_id: str) -> tuple[int, int, str]:
-    """Trade ids order numerically when they are integers (Binance), else as strings (UUIDs)."""
-    return (0, int(trade_id), "") if trade_id.isdigit() else (1, 0, trade_id)
+    """Trade ids order numerically when they are ASCII integers (Binance), else as strings
+    (UUIDs; also '²', which ``str.isdigit`` calls a digit and ``int`` refuses)."""
+    return (0, int(trade_id), "") if is_canonical_number(trade_id) else (1, 0, trade_id)
 
 
 # Accumulator layout (a list: cheap to pickle, merge and shuffle between workers).
@@ -169,12 +172,21 @@ def _candle(exchange: str, symbol: str, timeframe: str, start_us: int, end_us: i
     return candle
 
 
+class SummarizeBatchFn(beam.DoFn):
+    """A tick batch → ((exchange, symbol, bucket start µs), accumulator), for the combines."""
+
+    @dead_letter_on_error(STAGE_CANDLES)
+    def process(self, batch: TickBatch) -> Iterator[tuple[tuple[str, str, int], list[Any]]]:
+        yield (batch.exchange, batch.symbol, batch.bucket * BUCKET_US), summarize_batch(batch)
+
+
 class CandleFromPaneFn(beam.DoFn):
     """Adds the window bounds, timeframe and pane finality to a combined candle."""
 
     def __init__(self, timeframe: str) -> None:
         self._timeframe = timeframe
 
+    @dead_letter_on_error(STAGE_CANDLES)
     def process(self, element: tuple[tuple[str, str], dict[str, Any]],
                 candle_window: window.IntervalWindow = beam.DoFn.WindowParam,
                 pane: Any = beam.DoFn.PaneInfoParam) -> Iterator[dict[str, Any]]:
@@ -190,6 +202,7 @@ class CandleFromKeyFn(beam.DoFn):
     def __init__(self, timeframes: list[tuple[str, int]]) -> None:
         self._length_us = {label: seconds * 1_000_000 for label, seconds in timeframes}
 
+    @dead_letter_on_error(STAGE_CANDLES)
     def process(self, element: tuple[tuple[str, str, str, int], dict[str, Any]]
                 ) -> Iterator[dict[str, Any]]:
         (exchange, symbol, timeframe, start_us), values = element
@@ -233,25 +246,37 @@ class CandlesFromTicks(beam.PTransform):
             early = trigger.AfterProcessingTime(self._early)
         return trigger.AfterWatermark(early=early, late=trigger.AfterCount(1))
 
-    def expand(self, batches: beam.PCollection) -> beam.PCollection:
-        summaries = batches | "Summarize" >> beam.Map(
-            lambda b: ((b.exchange, b.symbol, b.bucket * BUCKET_US), summarize_batch(b)))
+    def expand(self, batches: beam.PCollection) -> "CandlePanes":
+        summaries = batches | "Summarize" >> beam.ParDo(SummarizeBatchFn()).with_outputs(
+            DEAD_LETTER_TAG, main="summaries")
+        failures = [summaries[DEAD_LETTER_TAG]]
         if self._bounded:
             timeframes = self._timeframes
-            return (summaries
-                    | "KeyByWindow" >> beam.FlatMap(
-                        lambda kv: [(key, kv[1]) for key in window_keys(kv[0], timeframes)])
-                    | "Combine" >> beam.CombinePerKey(CandleCombineFn())
-                    | "Label" >> beam.ParDo(CandleFromKeyFn(timeframes)))
+            labelled = (summaries.summaries
+                        | "KeyByWindow" >> beam.FlatMap(
+                            lambda kv: [(key, kv[1]) for key in window_keys(kv[0], timeframes)])
+                        | "Combine" >> beam.CombinePerKey(CandleCombineFn())
+                        | "Label" >> beam.ParDo(CandleFromKeyFn(timeframes)).with_outputs(
+                            DEAD_LETTER_TAG, main="candles"))
+            return CandlePanes(labelled.candles, (labelled[DEAD_LETTER_TAG], *failures)
+                               | "CandleFailures" >> beam.Flatten())
         per_timeframe = []
         for label, seconds in self._timeframes:
-            candles = (summaries
-                       | f"KeyBySymbol{label}" >> beam.Map(lambda kv: ((kv[0][0], kv[0][1]), kv[1]))
-                       | f"Window{label}" >> beam.WindowInto(
-                           window.FixedWindows(seconds), trigger=self._trigger(seconds),
-                           accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                           allowed_lateness=Duration(seconds=self._lateness))
-                       | f"Combine{label}" >> beam.CombinePerKey(CandleCombineFn())
-                       | f"Label{label}" >> beam.ParDo(CandleFromPaneFn(label)))
-            per_timeframe.append(candles)
-        return per_timeframe | "AllTimeframes" >> beam.Flatten()
+            labelled = (summaries.summaries
+                        | f"KeyBySymbol{label}" >> beam.Map(lambda kv: ((kv[0][0], kv[0][1]), kv[1]))
+                        | f"Window{label}" >> beam.WindowInto(
+                            window.FixedWindows(seconds), trigger=self._trigger(seconds),
+                            accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                            allowed_lateness=Duration(seconds=self._lateness))
+                        | f"Combine{label}" >> beam.CombinePerKey(CandleCombineFn())
+                        | f"Label{label}" >> beam.ParDo(CandleFromPaneFn(label)).with_outputs(
+                            DEAD_LETTER_TAG, main="candles"))
+            per_timeframe.append(labelled.candles)
+            failures.append(labelled[DEAD_LETTER_TAG])
+        return CandlePanes(per_timeframe | "AllTimeframes" >> beam.Flatten(),
+                           failures | "CandleFailures" >> beam.Flatten())
+
+
+class CandlePanes(NamedTuple):
+    candles: beam.PCollection  # candle dicts, one per pane
+    dead_letter: beam.PCollection

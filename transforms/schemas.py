@@ -63,6 +63,8 @@ CANDLE_FIELDS: list[dict[str, Any]] = [
     _field("is_partial", "BOOL", description="First candle of a key, or spans a feed disconnect."),
     _field("is_final", "BOOL", description="False for provisional early panes."),
     _field("revision", "INT64", description="0 for the first row of a candle, +1 per correction."),
+    _field("job_start", "TIMESTAMP", description="Start of the job that wrote the row; a newer "
+           "job's rows supersede an older one's (a restarted local job replays its journal)."),
     _field("timestamp_out", "TIMESTAMP", description="Processing time the row was produced."),
     _field("latency_ms", "FLOAT64", description="timestamp_out - window_end."),
 ] + [_field(name, "FLOAT64") for name in FEATURE_NAMES]

@@ -26,12 +26,15 @@ from apache_beam.utils.timestamp import Timestamp
 
 from transforms import features
 from transforms.candles import PANE_INDEX
+from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter, dead_letter_on_error
 from transforms.features import FEATURE_NAMES
 
 FEATURE_HISTORY = 40  # candles of history kept per key: covers every feature's look-back (≤ 34)
 _NO_FEATURES = dict.fromkeys(FEATURE_NAMES)
 _END_OF_TIME_US = window.GlobalWindow().max_timestamp().micros
 SERIES_BREAK: Any = object()  # between the rows of two series of one key (it went idle between)
+STAGE_SEQUENCE = "sequence"
+STAGE_FEATURES = "features"
 
 
 @dataclass
@@ -88,7 +91,8 @@ class SequenceCandlesFn(beam.DoFn):
 
     def __init__(self, timeframe_seconds: dict[str, int], feature_timeframes: set[str],
                  gap_candles: bool, idle_timeout_seconds: int, allowed_lateness_seconds: int,
-                 bounded: bool) -> None:
+                 bounded: bool, job_start_us: int) -> None:
+        self._job_start_us = job_start_us
         self._timeframe_us = {label: s * 1_000_000 for label, s in timeframe_seconds.items()}
         self._feature_timeframes = set(feature_timeframes)
         self._gap_candles = gap_candles
@@ -98,10 +102,14 @@ class SequenceCandlesFn(beam.DoFn):
         self.corrections = Metrics.counter("candles", "corrected_candles")
         self.gaps = Metrics.counter("candles", "gap_candles")
         self.too_old = Metrics.counter("candles", "corrections_beyond_history")
+        # Candles whose features could not be computed, since the last flush: each becomes a
+        # dead letter while the candle itself goes out with NULL features.
+        self._feature_failures: list[dict[str, Any]] = []
 
     def _history_limit(self, length_us: int) -> int:
         return max(FEATURE_HISTORY, math.ceil(2 * self._lateness_us / length_us) + 2)
 
+    @dead_letter_on_error(STAGE_SEQUENCE)
     def process(self, element: tuple[tuple[str, str, str], dict[str, Any]],
                 pending: Any = beam.DoFn.StateParam(PENDING),
                 series_state: Any = beam.DoFn.StateParam(SERIES),
@@ -115,13 +123,14 @@ class SequenceCandlesFn(beam.DoFn):
             revisions = early_revisions.read() or {}
             revisions[start] = revision = revisions.get(start, -1) + 1
             early_revisions.write(revisions)
-            row = dict(candle, revision=revision, **_NO_FEATURES)
+            row = dict(candle, revision=revision, job_start=self._job_start_us, **_NO_FEATURES)
             del row[PANE_INDEX]
             yield row
             return
         if series and start < series.next_start_us:
             yield from self._correct(series, candle)
             series_state.write(series)
+            yield from self._flush_failures()
             return
         pending.add(candle)
         if series and candle["last_tick_time"]:
@@ -134,6 +143,7 @@ class SequenceCandlesFn(beam.DoFn):
             flush_at.write(release_at)
 
     @on_timer(FLUSH)
+    @dead_letter_on_error(STAGE_SEQUENCE)
     def release(self, pending: Any = beam.DoFn.StateParam(PENDING),
                 series_state: Any = beam.DoFn.StateParam(SERIES),
                 flush: Any = beam.DoFn.TimerParam(FLUSH),
@@ -155,6 +165,17 @@ class SequenceCandlesFn(beam.DoFn):
         for rows in segments:
             # A bounded run has each whole series at once: the vectorised feature path.
             yield from self._with_batch_features(rows) if self._bounded else rows
+        yield from self._flush_failures()
+
+    def _flush_failures(self) -> Iterator[beam.pvalue.TaggedOutput]:
+        failures, self._feature_failures = self._feature_failures, []
+        for row in failures:
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)
+
+    def _feature_failed(self, error: Exception, candles: Any) -> None:
+        self._feature_failures.append(dead_letter(
+            STAGE_FEATURES, f"{type(error).__name__}: {error}; the candle is written with NULL "
+            f"features", candles))
 
     def _release(self, pending: Any, series_state: Any, flush: Any, flush_at: Any,
                  now_us: int, early: dict[int, int]) -> Iterator[dict[str, Any]]:
@@ -222,9 +243,13 @@ class SequenceCandlesFn(beam.DoFn):
         """Fills the feature columns of a whole ordered series with ``compute_features``."""
         if not rows or rows[0]["timeframe"] not in self._feature_timeframes:
             return rows
-        series = {column: np.array([np.nan if r[column] is None else r[column] for r in rows],
-                                   dtype=np.float64) for column in features.CANDLE_FIELDS}
-        values = features.compute_features(series, self._timeframe_us[rows[0]["timeframe"]] / 1e6)
+        try:
+            series = {column: np.array([np.nan if r[column] is None else r[column] for r in rows],
+                                       dtype=np.float64) for column in features.CANDLE_FIELDS}
+            values = features.compute_features(series, self._timeframe_us[rows[0]["timeframe"]] / 1e6)
+        except (ValueError, TypeError, ArithmeticError) as error:
+            self._feature_failed(error, rows)
+            return rows
         for name, column in values.items():
             for row, value in zip(rows, column.tolist()):
                 row[name] = None if math.isnan(value) else value
@@ -256,7 +281,7 @@ class SequenceCandlesFn(beam.DoFn):
         follows those its provisional panes used (``early``, updated)."""
         state_before = series.feature_state
         revision = early.pop(candle["timestamp_in"], -1) + 1
-        row = dict(candle, is_final=True, revision=revision)
+        row = dict(candle, is_final=True, revision=revision, job_start=self._job_start_us)
         pane_index = row.pop(PANE_INDEX, 0)
         row.update(self._features(series, row))
         series.history.append(SeriesEntry(row, state_before, pane_index))
@@ -270,9 +295,16 @@ class SequenceCandlesFn(beam.DoFn):
     def _features(self, series: SeriesState, row: dict[str, Any]) -> dict[str, Any]:
         if series.feature_state is None:
             return _NO_FEATURES
-        series.feature_state, values = features.step(
-            series.feature_state, row, self._timeframe_us[row["timeframe"]] / 1_000_000)
+        series.feature_state, values = self._step(series.feature_state, row)
         return values
+
+    def _step(self, state: Any, row: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """``features.step``; a candle it refuses keeps the state as it was, with NULL features."""
+        try:
+            return features.step(state, row, self._timeframe_us[row["timeframe"]] / 1_000_000)
+        except (ValueError, TypeError, ArithmeticError) as error:
+            self._feature_failed(error, row)
+            return state, _NO_FEATURES
 
     def _correct(self, series: SeriesState, candle: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """A late pane for an emitted window: replace it, recompute what depends on it, re-emit
@@ -281,7 +313,7 @@ class SequenceCandlesFn(beam.DoFn):
         index = next((i for i, e in enumerate(series.history) if e.row["timestamp_in"] == start), None)
         if index is None:  # older than the history (lateness > history): emit it alone
             self.too_old.inc()
-            row = dict(candle, revision=1, **_NO_FEATURES)
+            row = dict(candle, revision=1, job_start=self._job_start_us, **_NO_FEATURES)
             del row[PANE_INDEX]
             yield row
             return
@@ -293,7 +325,7 @@ class SequenceCandlesFn(beam.DoFn):
         old_rows = [e.row for e in entries]
         first = entries[0].row
         if candle["trades"]:
-            replaced = dict(candle, is_final=True, is_gap=False,
+            replaced = dict(candle, is_final=True, is_gap=False, job_start=self._job_start_us,
                             is_partial=bool(first["is_partial"] or candle["is_partial"]))
             del replaced[PANE_INDEX]
         else:  # only a late disconnect marker: the candle's values stand, it becomes partial
@@ -308,7 +340,7 @@ class SequenceCandlesFn(beam.DoFn):
             entry.state_before = state
             row = dict(base)
             if state is not None:
-                state, values = features.step(state, row, self._timeframe_us[row["timeframe"]] / 1e6)
+                state, values = self._step(state, row)
                 row.update(values)
             previous_close = row["close"]
             if row != old_rows[offset]:
@@ -325,14 +357,16 @@ class SequenceCandles(beam.PTransform):
 
     def __init__(self, timeframes: list[tuple[str, int]], feature_timeframes: set[str],
                  gap_candles: bool, idle_timeout_seconds: int, allowed_lateness_seconds: int,
-                 bounded: bool) -> None:
+                 bounded: bool, job_start_us: int) -> None:
         super().__init__()
         self._fn = SequenceCandlesFn(dict(timeframes), feature_timeframes, gap_candles,
-                                     idle_timeout_seconds, allowed_lateness_seconds, bounded)
+                                     idle_timeout_seconds, allowed_lateness_seconds, bounded,
+                                     job_start_us)
 
-    def expand(self, candles: beam.PCollection) -> beam.PCollection:
+    def expand(self, candles: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        """Returns the candle rows (main output ``rows``) and ``dead_letter``."""
         return (candles
                 | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
                 | "KeyBySeries" >> beam.Map(lambda c: ((c["exchange"], c["symbol"], c["timeframe"]), c))
                 .with_output_types(Tuple[Tuple[str, str, str], Dict[str, Any]])
-                | "Sequence" >> beam.ParDo(self._fn))
+                | "Sequence" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main="rows"))

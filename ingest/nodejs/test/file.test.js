@@ -1,5 +1,5 @@
 // File parsing mirrors ingest/files.py: the mds_id sha1s and the Tardis batch bytes expected here
-// were computed once with Python (iter_ticks + encode_message in /work/main/.venv) on these fixtures.
+// were computed once with Python (iter_ticks + encode_message in the repository's .venv) on these fixtures.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';

@@ -1,6 +1,6 @@
 // Byte-for-byte compatibility with ingest/message.py. The expected strings, attributes and sha1s
 // below were computed once with Python's encode_message / parse_time_us (ingest/message.py, run
-// in /work/main/.venv) on the same ticks, and pasted here.
+// in the repository's .venv) on the same ticks, and pasted here.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
