@@ -107,7 +107,7 @@ def test_stateful_steps_keep_their_state(jobs: dict[str, Any]) -> None:
     """The dedup and sequencer state is what `--update` carries over: it must be in the graph."""
     stateful = {name for name, t in _leaves(jobs["pubsub/both"]) if t.spec.urn == common_urns.primitives.PAR_DO.urn
                 and beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).state_specs}
-    assert any(n.startswith("MarketData/DedupTicks/") for n in stateful)
+    assert any(n.startswith("MarketData/GuardTicks/Dedup/") for n in stateful)
     assert any(n.startswith("MarketData/SequenceCandles/") for n in stateful)
 
 
