@@ -130,8 +130,9 @@ def test_views_are_idempotent_and_return_the_right_numbers(client: Any, dataset:
 
 
 def test_unique_views_give_each_tick_and_candle_revision_once(client: Any, dataset: str) -> None:
-    """Copies written by a retried append or a replay after a crash: same key, later
-    timestamp_out. The views keep the first copy; rows_cost_by_day still counts every copy."""
+    """Copies written by a retried append or bundle: same key, later timestamp_out. The views
+    keep the first copy; rows_cost_by_day still counts every copy. A restarted job's rows (its
+    own job_start, revisions from 0 again) are other rows, and the newest job's candle wins."""
     out_us = T0_US + 10 * MINUTE_US
     ticks = [dict(tick(i, T0_US + i), timestamp_out=iso_from_us(out_us + i), latency_ms=1.0)
              for i in range(5)]
@@ -140,11 +141,14 @@ def test_unique_views_give_each_tick_and_candle_revision_once(client: Any, datas
               dict(ticks[3], timestamp_out=iso_from_us(out_us + 7_000), latency_ms=7.0)]
     other_exchange = dict(ticks[0], exchange="coinbase")  # same id elsewhere: another trade
     insert(client, dataset, schemas.TICKS_TABLE, copies + ticks + [other_exchange])
-    revisions = [dict(candle(T0_US, revision=r, volume=float(r + 1)),
+    job, restarted_job = iso_from_us(out_us - MINUTE_US), iso_from_us(out_us + MINUTE_US)
+    revisions = [dict(candle(T0_US, revision=r, volume=float(r + 1)), job_start=job,
                       timestamp_out=iso_from_us(out_us + r), latency_ms=100.0) for r in range(3)]
     candle_copies = [dict(revisions[2], timestamp_out=iso_from_us(out_us + 50), latency_ms=900.0),
                      dict(revisions[0], timestamp_out=iso_from_us(out_us + 60), latency_ms=900.0)]
-    insert(client, dataset, schemas.CANDLES_TABLE, candle_copies + revisions)
+    replayed = dict(revisions[0], job_start=restarted_job, volume=4.0,
+                    timestamp_out=iso_from_us(out_us + 2 * MINUTE_US))
+    insert(client, dataset, schemas.CANDLES_TABLE, candle_copies + revisions + [replayed])
     bq.ensure_views(client, dataset)
     ds = "`" + dataset.replace(":", ".")
 
@@ -157,18 +161,19 @@ def test_unique_views_give_each_tick_and_candle_revision_once(client: Any, datas
         schemas.TICK_COLUMNS)
 
     unique_candles = query(client, f"SELECT revision, volume, latency_ms FROM {ds}.candles_unique` "
-                                   f"ORDER BY revision")
+                                   f"ORDER BY job_start, revision")
     assert [(r["revision"], r["volume"], r["latency_ms"]) for r in unique_candles] == [
-        (0, 1.0, 100.0), (1, 2.0, 100.0), (2, 3.0, 100.0)]
-    latest = query(client, f"SELECT revision, volume, latency_ms FROM {ds}.candles_latest`")
-    assert [(r["revision"], r["volume"], r["latency_ms"]) for r in latest] == [(2, 3.0, 100.0)]
+        (0, 1.0, 100.0), (1, 2.0, 100.0), (2, 3.0, 100.0), (0, 4.0, 100.0)]
+    latest = query(client, f"SELECT revision, volume, job_start FROM {ds}.candles_latest`")
+    assert [(r["revision"], r["volume"]) for r in latest] == [(0, 4.0)]  # the restarted job's
     assert set(query(client, f"SELECT * FROM {ds}.candles_latest`")[0]) == set(schemas.CANDLE_COLUMNS)
 
-    latency = {r["source"]: r for r in query(client, f"SELECT * FROM {ds}.latency_by_minute`")}
-    assert (latency["ticks"]["row_count"], latency["ticks"]["max_ms"]) == (6, 1.0)
-    assert (latency["candles"]["row_count"], latency["candles"]["max_ms"]) == (3, 100.0)
+    latency = query(client, f"SELECT source, SUM(row_count) AS n, MAX(max_ms) AS max_ms "
+                            f"FROM {ds}.latency_by_minute` GROUP BY source")
+    assert {r["source"]: (r["n"], r["max_ms"]) for r in latency} == {"ticks": (6, 1.0),
+                                                                     "candles": (4, 100.0)}
     cost = {r["table_name"]: r["row_count"] for r in query(client, f"SELECT * FROM {ds}.rows_cost_by_day`")}
-    assert cost == {"ticks": 9, "candles": 5}
+    assert cost == {"ticks": 9, "candles": 6}
 
 
 def expected_row_bytes(table: str, row: dict[str, Any]) -> int:
