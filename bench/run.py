@@ -10,9 +10,12 @@
    and bytes per stored row as each method bills them (bench/bigquery_bytes.py).
 4. ingest workers (Python ``mds ingest``, Node.js ``mds-ingest.js``) publishing the file into the
    emulator as fast as they can.
-5. the BigQuery writers alone: ``--writer-ticks`` tick rows of the day through
-   ``WriteRowsToBigQuery`` with each of ``--bigquery-write-methods`` into a fresh local server
-   (bench/bigquery_writers.py): rows/s and bytes per row.
+5. backfill: ``mds backfill`` over a month-like set of daily files per symbol
+   (``bench.generate_month``), one worker vs the DirectRunner's multi-processing on every core,
+   against numpy on the same files with their load included.
+6. the BigQuery writers alone: ``--writer-ticks`` tick rows of the day through each of
+   ``--bigquery-write-methods``' DoFn into a fresh local server (bench/bigquery_writers.py):
+   rows/s and bytes per row.
 
 Subprocesses are measured from outside: wall time, and peak RSS of the whole process tree
 polled from /proc. Not a test: it prints figures.
@@ -121,11 +124,17 @@ class Measured:
     peak_rss_bytes: int
     output: str
     returncode: int
+    cpu_seconds: float = 0.0  # user + system of the process and the descendants it waited for
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_measured(command: list[str], env: Optional[dict[str, str]] = None, timeout: float = 7200) -> Measured:
-    """Runs ``command`` to completion; wall time, peak tree RSS and combined output."""
-    started = time.perf_counter()
+    """Runs ``command`` to completion; wall time, CPU time, peak tree RSS and combined output."""
+    started, cpu_before = time.perf_counter(), _children_cpu_seconds()
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True)
     monitor = PeakRssMonitor(process.pid)
@@ -137,7 +146,8 @@ def run_measured(command: list[str], env: Optional[dict[str, str]] = None, timeo
             from pipelines.local_stack import _terminate_group
             _terminate_group(process)
         peak = monitor.stop()
-    return Measured(time.perf_counter() - started, peak, output.decode(errors="replace"), process.returncode)
+    return Measured(time.perf_counter() - started, peak, output.decode(errors="replace"), process.returncode,
+                    _children_cpu_seconds() - cpu_before)
 
 
 def _checked(measured: Measured, what: str) -> Measured:
@@ -225,6 +235,31 @@ def numpy_limit(day: DayArrays, timeframes: str, feature_timeframes: str) -> tup
                 compute_features({name: candles[name] for name in CANDLE_FIELDS}, float(seconds))
             counts[label] += int(np.count_nonzero(candles["trades"]))
     return time.perf_counter() - started, dict(counts)
+
+
+def exact_sums_cost(day: DayArrays) -> str:
+    """What exact decimal volume sums cost against float sums, per 15 s batch as the pipeline
+    forms them (transforms.exact.batch_sums vs np.sum/np.dot), on the day's own ticks."""
+    from transforms.exact import batch_sums
+
+    batches = []
+    for columns in day.symbols.values():
+        bucket = columns["timestamp"] // 15_000_000
+        starts = np.flatnonzero(np.r_[True, np.diff(bucket) != 0, True])
+        side = np.where(columns["buy"], 1, -1).astype(np.int8)
+        batches += [(columns["price"][a:b], columns["amount"][a:b], side[a:b])
+                    for a, b in zip(starts[:-1], starts[1:])]
+    started = time.perf_counter()
+    for price, amount, side in batches:
+        float(amount.sum()), float(np.dot(price, amount)), float(amount[side == 1].sum()), float(amount[side == -1].sum())
+    floats = time.perf_counter() - started
+    started, hints = time.perf_counter(), (0, 0)
+    for price, amount, side in batches:
+        *_, amount_decimals, price_decimals = batch_sums(price, amount, side, hints)
+        hints = (amount_decimals, price_decimals)
+    exact = time.perf_counter() - started
+    return (f"exact decimal sums: {exact:.2f}s vs float sums {floats:.2f}s over {len(batches):,} "
+            f"15 s batches = +{(exact - floats) / day.ticks * 1e9:,.0f} ns per tick")
 
 
 # ------------------------------------------------------------------------------------ 2. replay
@@ -404,7 +439,66 @@ def ingest_rows(path: str, args: argparse.Namespace) -> list[Row]:
     return rows
 
 
-# --------------------------------------------------------------------------- 5. BigQuery writers
+# ---------------------------------------------------------------------------------- 5. backfill
+
+_BACKFILL_SUMMARY = re.compile(r"backfilled ([\d,]+) ticks from (\d+) files in ([\d.]+)s")
+
+
+def numpy_with_load(paths: list[str], timeframes: str, feature_timeframes: str
+                    ) -> tuple[float, int, dict[str, int]]:
+    """Seconds to load every file (pandas read_csv) and compute what the pipeline computes, one
+    series per symbol across the files; ticks; non-empty candles per timeframe."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    days = [load_day(path) for path in paths]
+    month = DayArrays()
+    for symbol in sorted({s for day in days for s in day.symbols}):
+        parts = [day.symbols[symbol] for day in days if symbol in day.symbols]
+        month.symbols[symbol] = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    _, counts = numpy_limit(month, timeframes, feature_timeframes)
+    print(f"numpy incl. load: {time.process_time() - cpu_started:.1f} CPU-s", flush=True)
+    return time.perf_counter() - started, month.ticks, counts
+
+
+def backfill_rows(args: argparse.Namespace) -> list[Row]:
+    """numpy with load, then ``mds backfill`` with 1 worker and with every core, same files."""
+    from bench.generate_month import FIRST_DAY, ensure_month
+
+    directory, paths = ensure_month(args.backfill_days, args.backfill_ticks_per_day, args.seed)
+    limit_seconds, ticks, expected = numpy_with_load(paths, args.timeframes, args.feature_timeframes)
+    rows = [Row(f"numpy incl. load: {len(paths)} files", ticks, limit_seconds,
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "pandas read_csv per file + OHLCV all TFs + features, one core")]
+    last_day = FIRST_DAY.fromordinal(FIRST_DAY.toordinal() + args.backfill_days)
+    per_worker: dict[int, float] = {}
+    for workers in sorted({1, os.cpu_count() or 1}):
+        out_dir = os.path.join(args.work_dir, f"backfill_{workers}w")
+        command = MDS + ["backfill", "--input", os.path.join(directory, "*.csv.gz"),
+                         "--from", FIRST_DAY.isoformat(), "--to", last_day.isoformat(),
+                         "--timeframes", args.timeframes, "--feature-timeframes", args.feature_timeframes,
+                         "--workers", str(workers), "--output-dir", out_dir, "--quiet"]
+        measured = _checked(run_measured(command), f"mds backfill --workers {workers}")
+        match = _BACKFILL_SUMMARY.search(measured.output)
+        if not match or int(match.group(1).replace(",", "")) != ticks:
+            raise RuntimeError(f"backfill --workers {workers}: ticks differ from the files:\n{measured.output[-2000:]}")
+        got = Counter()
+        with open(os.path.join(out_dir, "candles.jsonl"), encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                got[row["timeframe"]] += bool(row["trades"])
+        same = dict(got) == expected
+        per_worker[workers] = measured.seconds
+        speedup = per_worker[1] / measured.seconds
+        # CPU seconds say what a core does whatever else the shared machine runs meanwhile
+        rows.append(Row(f"mds backfill, {workers} worker{'s' if workers > 1 else ''}", ticks,
+                        measured.seconds, measured.peak_rss_bytes,
+                        f"{'candles = numpy' if same else f'MISMATCH {dict(got)} vs {expected}'}; "
+                        f"{ticks / measured.seconds / workers:,.0f} ticks/s per core (wall), "
+                        f"{ticks / measured.cpu_seconds:,.0f} per CPU-second ({measured.cpu_seconds:,.0f} "
+                        f"CPU-s); {speedup:.2f}× of 1 worker; {measured.seconds / limit_seconds:.1f}× "
+                        f"numpy incl. load"))
+
+
+# --------------------------------------------------------------------------- 6. BigQuery writers
 
 def writer_rows(day: DayArrays, args: argparse.Namespace) -> list[Row]:
     from bench.bigquery_writers import measure_writer, tick_batches
@@ -453,9 +547,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-replay", action="store_true")
     parser.add_argument("--skip-streaming", action="store_true")
     parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--skip-backfill", action="store_true")
+    parser.add_argument("--backfill-days", type=int, default=10, help="daily files per symbol (3 symbols)")
+    parser.add_argument("--backfill-ticks-per-day", type=int, default=3_000_000,
+                        help="ticks per day of the backfill set, over the 3 symbols")
     parser.add_argument("--skip-writers", action="store_true")
     parser.add_argument("--writer-ticks", type=int, default=200_000,
-                        help="tick rows each BigQuery write method writes alone (stage 5)")
+                        help="tick rows each BigQuery write method writes alone (stage 6)")
     parser.add_argument("--stream-seconds", type=float, default=60.0, help="how long the stream publishes")
     parser.add_argument("--stream-rates", type=lambda text: [float(r) for r in text.split(",")],
                         default=[20_000.0, 50_000.0],
@@ -504,6 +602,8 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"loaded (pandas read_csv + sort) in {load_seconds:.1f}s = {day.ticks / load_seconds:,.0f} ticks/s",
           flush=True)
     print(f"numpy limit: {limit_seconds:.2f}s = {day.ticks / limit_seconds:,.0f} ticks/s", flush=True)
+    exact_line = exact_sums_cost(day)
+    print(exact_line, flush=True)
 
     if not args.skip_replay:
         rows.append(replay_row(path, os.path.join(args.work_dir, "replay"), args.timeframes,
@@ -518,9 +618,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows.extend(writer_rows(day, args))
     if not args.skip_ingest:
         rows.extend(ingest_rows(path, args))
+    if not args.skip_backfill:
+        rows.extend(backfill_rows(args))
+        print(f"backfill: {rows[-1].note}", flush=True)
     print_table(rows, rows[0].ticks_per_second, command,
                 [f"load of the CSV.gz (not in the numpy row): {load_seconds:.2f}s; machine: "
-                 f"{os.cpu_count()} cores, {os.getloadavg()[0]:.1f} load avg at the end"])
+                 f"{os.cpu_count()} cores, {os.getloadavg()[0]:.1f} load avg at the end", exact_line])
     return 0
 
 

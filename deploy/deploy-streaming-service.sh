@@ -281,13 +281,21 @@ step_infra() {
   exists gcloud artifacts repositories describe "${REPOSITORY}" --location "${REGION}" --project "${PROJECT}" \
     || run gcloud artifacts repositories create "${REPOSITORY}" --repository-format docker \
          --location "${REGION}" --project "${PROJECT}" --description "market-data streaming images"
-  for topic in "${TICKS_TOPIC}" "${CANDLES_TOPIC}"; do
-    exists gcloud pubsub topics describe "${topic}" --project "${PROJECT}" \
-      || run gcloud pubsub topics create "${topic}" --project "${PROJECT}" --message-retention-duration 1d
-  done
-  # The event-time guard goes on every run, so an existing subscription gets the current UDF too.
+  # The event-time guard goes on every run, so an existing topic or subscription gets the current
+  # UDF too. On the ticks topic it guards every subscription, including the one Dataflow creates
+  # itself to track the ts attribute's watermark; on the subscription it guards messages already
+  # published before the topic had it (the UDF is idempotent: a guarded ts passes unchanged).
   local transforms
   transforms="$(message_transforms_file)"
+  if exists gcloud pubsub topics describe "${TICKS_TOPIC}" --project "${PROJECT}"; then
+    run gcloud pubsub topics update "${TICKS_TOPIC}" --project "${PROJECT}" \
+      --message-transforms-file "${transforms}"
+  else
+    run gcloud pubsub topics create "${TICKS_TOPIC}" --project "${PROJECT}" --message-retention-duration 1d \
+      --message-transforms-file "${transforms}"
+  fi
+  exists gcloud pubsub topics describe "${CANDLES_TOPIC}" --project "${PROJECT}" \
+    || run gcloud pubsub topics create "${CANDLES_TOPIC}" --project "${PROJECT}" --message-retention-duration 1d
   if exists gcloud pubsub subscriptions describe "${TICKS_SUBSCRIPTION}" --project "${PROJECT}"; then
     run gcloud pubsub subscriptions update "${TICKS_SUBSCRIPTION}" --project "${PROJECT}" \
       --message-transforms-file "${transforms}"

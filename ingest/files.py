@@ -198,7 +198,7 @@ def iter_ticks(path: str) -> Iterator[dict[str, Any]]:
     what it cannot read (the pipeline's own file replay dead-letters them instead).
     """
     for record in iter_records(path):
-        if isinstance(record, str):
+        if isinstance(record, bytes):
             message = json.loads(record)
             yield from (message[BATCH_KEY] if BATCH_KEY in message else [message])
         elif "_error" in record:

@@ -6,7 +6,8 @@ import sys
 
 # sub-command -> module whose main(argv) -> int runs it
 COMMANDS = {
-    "replay": ("pipelines.replay", "Replay a trades file through the pipeline on the DirectRunner."),
+    "replay": ("pipelines.replay", "Replay trade files through the pipeline on the DirectRunner."),
+    "backfill": ("pipelines.backfill", "Days × symbols (Tardis datasets or files) through the bounded pipeline."),
     "run": ("pipelines.streaming_pipeline", "Run the streaming pipeline (Pub/Sub in, BigQuery out)."),
     "demo": ("pipelines.demo", "Whole chain locally: emulators, ingest, streaming pipeline, views."),
     "ingest": ("ingest.cli", "Publish trades to Pub/Sub: Tardis replay, live WebSocket, or a file."),

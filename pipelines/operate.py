@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterable, Mapping, Sequence, TextIO
 
 from pipelines.local_stack import pubsub_env
-
 from transforms.features import FEATURE_NAMES
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
 from transforms.sinks import format_candle_lines, format_price

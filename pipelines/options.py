@@ -14,6 +14,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms.bigquery import STORAGE_WRITE_API, WRITE_METHODS
 
 MODES = ("ticks", "candles", "both")
+OUTPUT_FORMATS = ("jsonl", "parquet")
 DEFAULT_TIMEFRAMES = "15s,1m,5m,15m,4h,24h"
 DEFAULT_FEATURE_TIMEFRAMES = "15s,1m"
 
@@ -41,8 +42,21 @@ class MarketDataOptions(PipelineOptions):
                             help="Pub/Sub subscription to read ticks from: "
                                  "projects/PROJECT/subscriptions/NAME.")
         parser.add_argument("--input_file", default=None,
-                            help="Replay a local/GCS file instead of Pub/Sub (bounded, batch): "
-                                 "JSONL(.gz) of ticks or a Tardis trades CSV(.gz).")
+                            help="Read trade files instead of Pub/Sub (bounded, batch): a path, a "
+                                 "glob or a comma-separated list of them, local or gs://; JSONL(.gz) "
+                                 "of ticks, Tardis trades CSV(.gz) or Binance trades CSV. Files are "
+                                 "read in parallel, one per worker at a time.")
+        parser.add_argument("--start_time", default=None,
+                            help="Bounded runs: start of the requested range (ISO-8601 UTC or "
+                                 "YYYY-MM-DD, inclusive); earlier ticks go to dead_letter.")
+        parser.add_argument("--end_time", default=None,
+                            help="Bounded runs: end of the requested range (exclusive); later ticks "
+                                 "go to dead_letter and gap candles stop there. Without it they "
+                                 "stop at each series' last trade.")
+        parser.add_argument("--checkpoint_dir", default=None,
+                            help="Series checkpoints (local or gs://): a bounded run with "
+                                 "--end_time writes where each series ended, a streaming job "
+                                 "continues those series (gaps, features) from there.")
         parser.add_argument("--output_dataset", default=None,
                             help="BigQuery dataset for ticks/candles/dead_letter: PROJECT:DATASET.")
         parser.add_argument("--bigquery_write_method", choices=WRITE_METHODS,
@@ -53,6 +67,9 @@ class MarketDataOptions(PipelineOptions):
         parser.add_argument("--output_dir", default=None,
                             help="Write candles.jsonl / ticks.jsonl / dead_letter.jsonl here "
                                  "instead of (or as well as) BigQuery.")
+        parser.add_argument("--output_format", choices=OUTPUT_FORMATS, default="jsonl",
+                            help="File format under --output_dir: jsonl, or parquet (bounded runs; "
+                                 "pandas, polars, DuckDB read it).")
         parser.add_argument("--output_topic", default=None,
                             help="Optional Pub/Sub topic for finished candles as JSON: "
                                  "projects/PROJECT/topics/NAME.")

@@ -1,84 +1,60 @@
 """The market-data pipeline: ticks in (Pub/Sub, or a file), ticks and/or candles out.
 
 ``build_pipeline`` extends a Pipeline and is shared by every way of running it: ``mds run``
-(streaming, Pub/Sub), ``mds replay`` (bounded file replay on the DirectRunner), the Flex Template
-(``templates/main.py``) and the tests.
+(streaming, Pub/Sub), ``mds replay`` and ``mds backfill`` (bounded: files, in parallel), the Flex
+Template (``templates/main.py``, streaming or bounded) and the tests.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import sys
 import time
-import zlib
-from typing import Any, Iterator, NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.pvalue import PCollection
 
-from ingest.files import iter_chunks
+from ingest.message import parse_time_us
 from pipelines.options import MarketDataOptions
+from pipelines.read_files import ReadTickFiles
 from transforms.bigquery import (STORAGE_WRITE_API, WriteRowsToBigQuery, ensure_tables,
                                  ensure_views, make_client, split_dataset_ref)
+from transforms.bounded import CountPerDaySymbolFn, KeepRangeFn
+from transforms.bounded_candles import BoundedCandles
 from transforms.candles import CandlesFromTicks, parse_timeframes
-from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
-from transforms.sequencer import SequenceCandles
-from transforms.sinks import FinalizeRowsFn, PrintCandlesFn, WriteJsonLines
+from transforms.checkpoint import WriteCheckpointFn, read_checkpoints
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
+from transforms.global_flatten import GlobalFlatten
+from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
+from transforms.sequencer import SequenceCandles, SequenceCandlesFn
+from transforms.sinks import FinalizeRowsFn, PrintCandlesFn, WriteJsonLines, WriteRowFiles
 from transforms.storage_write import storage_emulator_host
 from transforms.storage_write_sink import PendingStreams
 from transforms.tick_guard import GuardTicks
-from transforms.ticks import ParseTicks, TickBatch, tick_rows
+from transforms.ticks import MarketKey, ParseTicks, TickBatch, tick_rows
 
-CSV_CHUNK_TICKS = 2_000  # ticks per element when replaying CSV files
 # Downstream windows keep this much more lateness than the tick guard, so a tick the guard lets
 # through is never dropped by a window that closed a moment earlier.
 LATENESS_MARGIN_SECONDS = 60
 
 
-class ReadTickFileFn(beam.DoFn):
-    """A trades file path → elements ParseTicksFn understands: JSONL lines, Tardis CSV column
-    chunks, or record chunks of other CSVs."""
-
-    def __init__(self, chunk_size: int = CSV_CHUNK_TICKS, progress_total: Optional[int] = None) -> None:
-        self._chunk_size = chunk_size
-        self._progress_total = progress_total
-
-    def process(self, path: str) -> Iterator[Any]:
-        from tqdm import tqdm
-
-        with tqdm(total=self._progress_total, disable=not self._progress_total, unit="ticks",
-                  unit_scale=True, desc="replay", file=sys.stderr, leave=False) as progress:
-            read = 0
-            try:
-                for element, ticks in iter_chunks(path, self._chunk_size):
-                    yield element
-                    read += ticks
-                    progress.update(ticks)
-            except (OSError, EOFError, zlib.error) as error:  # e.g. a truncated .gz
-                # A record the parser dead-letters with this reason: the replay still finishes.
-                yield [{"_error": f"{path} unreadable after {read} records: {error}", "_raw": path}]
-
-
 class ReadTicks(beam.PTransform):
-    """Raw tick input: Pub/Sub messages (event time from the ``ts`` attribute) or a file."""
+    """Raw tick input: Pub/Sub messages (event time from the ``ts`` attribute) or files."""
 
     def __init__(self, input_subscription: Optional[str], input_file: Optional[str],
-                 progress_total: Optional[int] = None) -> None:
+                 progress_dir: Optional[str] = None) -> None:
         super().__init__()
         if bool(input_subscription) == bool(input_file):
             raise ValueError("give exactly one of --input_subscription and --input_file")
         self._subscription = input_subscription
         self._file = input_file
-        self._progress_total = progress_total
+        self._progress_dir = progress_dir
 
     def expand(self, begin: beam.pvalue.PBegin) -> PCollection:
         if self._file:
-            return (begin
-                    | "FilePath" >> beam.Create([self._file])
-                    | "ReadFile" >> beam.ParDo(ReadTickFileFn(progress_total=self._progress_total)))
+            return begin | "ReadFiles" >> ReadTickFiles(self._file, self._progress_dir)
         return begin | "ReadPubSub" >> beam.io.ReadFromPubSub(
             subscription=self._subscription, timestamp_attribute="ts", with_attributes=True)
 
@@ -106,49 +82,88 @@ class MarketData(beam.PTransform):
         super().__init__()
         self._options = options
         self._bounded = bounded
-        # Stamped on candle rows: after a restart, the newer job's rows supersede (SPEC §6).
+        self._start_us, self._end_us = time_range(options) if bounded else (None, None)
+        # Stamped on candle rows: after a restart, the newer job's rows supersede (SPEC §3.4).
         self._job_start_us = time.time_ns() // 1000
 
     def expand(self, messages: PCollection) -> PipelineOutputs:
         opts = self._options
         parsed = messages | "ParseTicks" >> ParseTicks(opts.max_future_seconds)
-        guarded = parsed.ticks | "GuardTicks" >> GuardTicks(
-            opts.allowed_lateness_seconds, opts.dedup_retention_seconds, self._bounded)
-        failures = [parsed.dead_letter, guarded.dead_letter]
-        ticks = candles = None
+        keyed, failures = parsed.ticks, [parsed.dead_letter]
+        if self._start_us is not None or self._end_us is not None:
+            in_range = keyed | "KeepRange" >> beam.ParDo(
+                KeepRangeFn(self._start_us, self._end_us)).with_output_types(
+                    Tuple[MarketKey, TickBatch]).with_outputs(DEAD_LETTER_TAG, main="ticks")
+            keyed = in_range.ticks
+            failures.append(in_range[DEAD_LETTER_TAG])
+        timeframes = parse_timeframes(opts.timeframes)
+        labels = {label for label, _ in timeframes}
+        feature_timeframes = ({label for label, _ in parse_timeframes(opts.feature_timeframes)}
+                              if opts.feature_timeframes.strip() else set())
+        if not feature_timeframes <= labels:
+            raise ValueError(f"--feature_timeframes {sorted(feature_timeframes - labels)} are "
+                             f"not in --timeframes")
+        with_candles = opts.mode in ("candles", "both")
+        lateness = opts.allowed_lateness_seconds + LATENESS_MARGIN_SECONDS
+        sequencer = SequenceCandlesFn(dict(timeframes), feature_timeframes, opts.gap_candles,
+                                      opts.idle_timeout_seconds, lateness, self._bounded,
+                                      self._job_start_us, self._end_us)
+        candles = None
+        if self._bounded:  # all ticks at hand: hour groups, no per-bucket state (bounded_candles)
+            bounded = keyed | "BoundedCandles" >> BoundedCandles(
+                timeframes if with_candles else [], sequencer, feature_timeframes,
+                checkpoints=bool(opts.checkpoint_dir) and with_candles)
+            unique = bounded.ticks
+            candles = bounded.candles if with_candles else None
+            failures.append(bounded.dead_letter)
+            if bounded.checkpoints is not None:
+                bounded.checkpoints | "WriteCheckpoints" >> beam.ParDo(WriteCheckpointFn(opts.checkpoint_dir))
+        else:
+            guarded = keyed | "GuardTicks" >> GuardTicks(
+                opts.allowed_lateness_seconds, opts.dedup_retention_seconds)
+            unique = guarded.unique
+            failures.append(guarded.dead_letter)
+            if with_candles:
+                panes = unique | "Candles" >> CandlesFromTicks(timeframes, lateness,
+                                                               opts.early_firing_seconds)
+                sequenced = panes.candles | "SequenceCandles" >> SequenceCandles(sequencer, [
+                    (key, checkpoint.state) for key, checkpoint in
+                    (read_checkpoints(opts.checkpoint_dir) if opts.checkpoint_dir else [])])
+                candles = sequenced.rows
+                failures += [panes.dead_letter, sequenced[DEAD_LETTER_TAG]]
+        ticks = None
         if opts.mode in ("ticks", "both"):
-            rows = guarded.unique | "TickRows" >> beam.ParDo(TickRowsFn()).with_outputs(
+            rows = unique | "TickRows" >> beam.ParDo(TickRowsFn()).with_outputs(
                 DEAD_LETTER_TAG, main="rows")
             ticks = rows.rows
             failures.append(rows[DEAD_LETTER_TAG])
-        if opts.mode in ("candles", "both"):
-            timeframes = parse_timeframes(opts.timeframes)
-            labels = {label for label, _ in timeframes}
-            feature_timeframes = ({label for label, _ in parse_timeframes(opts.feature_timeframes)}
-                                  if opts.feature_timeframes.strip() else set())
-            if not feature_timeframes <= labels:
-                raise ValueError(f"--feature_timeframes {sorted(feature_timeframes - labels)} are "
-                                 f"not in --timeframes")
-            lateness = opts.allowed_lateness_seconds + LATENESS_MARGIN_SECONDS
-            panes = guarded.unique | "Candles" >> CandlesFromTicks(
-                timeframes, lateness, opts.early_firing_seconds, self._bounded)
-            sequenced = panes.candles | "SequenceCandles" >> SequenceCandles(
-                timeframes, feature_timeframes, opts.gap_candles, opts.idle_timeout_seconds,
-                lateness, self._bounded, self._job_start_us)
-            candles = sequenced.rows
-            failures += [panes.dead_letter, sequenced[DEAD_LETTER_TAG]]
-        dead_letter = failures | "AllDeadLetters" >> beam.Flatten()
+        dead_letter = tuple(failures) | "AllDeadLetters" >> GlobalFlatten()
+        if self._bounded:  # the per day and symbol summary of a backfill
+            unique | "CountTicks" >> beam.ParDo(CountPerDaySymbolFn("ticks"))
+            dead_letter | "CountDeadLetters" >> beam.ParDo(CountPerDaySymbolFn("dead_letters"))
+            if candles is not None:
+                candles | "CountCandles" >> beam.ParDo(CountPerDaySymbolFn("candles"))
         return PipelineOutputs(ticks, candles, dead_letter)
 
 
+def time_range(opts: MarketDataOptions) -> tuple[Optional[int], Optional[int]]:
+    """(start, end) µs of a bounded run's requested range (--start_time, --end_time), or None."""
+    start, end = ((parse_time_us(text) if text else None) for text in (opts.start_time, opts.end_time))
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"--end_time {opts.end_time} is not after --start_time {opts.start_time}")
+    return start, end
+
+
 def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
-                   progress_total: Optional[int] = None,
+                   progress_dir: Optional[str] = None,
                    console_timeframes: Optional[set[str]] = None) -> PipelineOutputs:
     """Adds the whole job (read, transform, write every configured sink) to ``pipeline``."""
     opts = options.view_as(MarketDataOptions)
     bounded = bool(opts.input_file)
+    if opts.output_dir and opts.output_format != "jsonl" and not bounded:
+        raise ValueError("--output_format=parquet needs a bounded run (--input_file)")
     messages = pipeline | "ReadTicks" >> ReadTicks(opts.input_subscription, opts.input_file,
-                                                    progress_total)
+                                                    progress_dir)
     outputs = messages | "MarketData" >> MarketData(opts, bounded)
     tables = {TICKS_TABLE: outputs.ticks, CANDLES_TABLE: outputs.candles,
               DEAD_LETTER_TABLE: outputs.dead_letter}
@@ -161,16 +176,21 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
         batched = table == TICKS_TABLE
         if opts.output_dir:
             single_rows = rows | "UnbatchTickRows" >> beam.FlatMap(lambda batch: batch) if batched else rows
-            single_rows | f"Write{table}Jsonl" >> WriteJsonLines(opts.output_dir, table)
+            if bounded:
+                single_rows | f"Write{table}Files" >> WriteRowFiles(opts.output_dir, table,
+                                                                    opts.output_format)
+            else:
+                single_rows | f"Write{table}Jsonl" >> WriteJsonLines(opts.output_dir, table)
         if opts.output_dataset:
+            # historical rows (bounded) carry no latency: they stay out of the latency views
             rows | f"Write{table}BigQuery" >> WriteRowsToBigQuery(
-                table, opts.output_dataset, batched=batched, method=opts.bigquery_write_method,
-                pending=pending)
+                table, opts.output_dataset, batched=batched, with_latency=not bounded,
+                method=opts.bigquery_write_method, pending=pending)
     if pending is not None:
         pending.commit()
     if outputs.candles is not None and opts.output_topic:
         (outputs.candles
-         | "CandleMessages" >> beam.ParDo(FinalizeRowsFn(CANDLES_TABLE))
+         | "CandleMessages" >> beam.ParDo(FinalizeRowsFn(CANDLES_TABLE, with_latency=not bounded))
          | "CandleJson" >> beam.Map(lambda row: json.dumps(row, separators=(",", ":")).encode("utf-8"))
          | "PublishCandles" >> beam.io.WriteToPubSub(opts.output_topic))
     if outputs.candles is not None and console_timeframes:

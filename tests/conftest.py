@@ -17,9 +17,11 @@ from transforms import bigquery as bq
 
 @pytest.fixture(scope="session")
 def sample_replay(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """`mds replay --mode both` on the bundled Binance day: summary, rows per file, output dir."""
+    """`mds replay --mode both` of the bundled Binance day over that day: summary, rows per file,
+    output dir."""
     out = tmp_path_factory.mktemp("sample-replay")
-    summary = replay(parse_args(["--output-dir", str(out), "--mode", "both", "--quiet"]))
+    summary = replay(parse_args(["--output-dir", str(out), "--mode", "both", "--start-time", "2017-08-17",
+                                 "--end-time", "2017-08-18", "--quiet"]))
 
     def rows(name: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]

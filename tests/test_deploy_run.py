@@ -113,6 +113,11 @@ def test_deploy_on_a_new_project_creates_accounts_roles_secret_and_guard(stub: S
     subscription = find(calls, "gcloud", "pubsub", "subscriptions", "create")[0]
     transforms = json.loads(Path(flag(subscription, "--message-transforms-file")).read_text())
     assert transforms == [{"javascriptUdf": {"functionName": "guardEventTime", "code": GUARD_JS.read_text()}}]
+    # ... and so does the ticks topic: every subscription of it, Dataflow's watermark-tracking
+    # one included, sees a guarded ts. The candles topic carries no ts to guard.
+    topics = {c[4]: c for c in find(calls, "gcloud", "pubsub", "topics", "create")}
+    assert json.loads(Path(flag(topics["mds-ticks"], "--message-transforms-file")).read_text()) == transforms
+    assert "--message-transforms-file" not in topics["mds-candles"]
 
     launch = find(calls, "gcloud", "dataflow", "flex-template", "run")[0]
     assert flag(launch, "--service-account-email") == WORKER.split(":", 1)[1]
@@ -262,6 +267,18 @@ def test_an_existing_subscription_gets_the_current_guard(stub: StubCli) -> None:
     assert not find(calls, "gcloud", "pubsub", "subscriptions", "create")
     update = find(calls, "gcloud", "pubsub", "subscriptions", "update")[0]
     assert update[4] == "mds-ticks-dataflow-candles"
+    transforms = json.loads(Path(flag(update, "--message-transforms-file")).read_text())
+    assert transforms[0]["javascriptUdf"]["code"] == GUARD_JS.read_text()
+
+
+def test_an_existing_ticks_topic_gets_the_current_guard(stub: StubCli) -> None:
+    stub.answer("gcloud", "pubsub", "topics", "describe", stdout="name: x\n")
+    result = stub.run(SCRIPT, "infra", "--project", PROJECT, env=PYTHON_ENV)
+    assert result.returncode == 0, result.stderr
+    calls = stub.calls()
+    assert not find(calls, "gcloud", "pubsub", "topics", "create")
+    [update] = find(calls, "gcloud", "pubsub", "topics", "update")
+    assert update[4] == "mds-ticks"
     transforms = json.loads(Path(flag(update, "--message-transforms-file")).read_text())
     assert transforms[0]["javascriptUdf"]["code"] == GUARD_JS.read_text()
 

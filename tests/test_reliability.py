@@ -614,8 +614,12 @@ def test_streaming_chain_rides_out_a_pubsub_emulator_crash_and_restart(tmp_path)
             while time.time() < last_window_end_s + 15:
                 _publish(topic, [(b'{"ticks":[]}', {"ts": str(time.time_ns() // 1_000_000)})])
                 time.sleep(1)
+            reference = latest_traded_candles(replay_reference_candles(ticks, tmp_path, timeframes))
+            # Under load the last windows may reach BigQuery a little after the wall clock passes
+            # them: wait for every tick and every candle the replay has, not a fixed time.
             wait_until(lambda: len(_stored(client, "ticks") or []) + len(_stored(client, "dead_letter") or [])
-                       >= len(ticks), 60, interval=2)
+                       >= len(ticks) and latest_traded_candles(_stored(client, "candles") or []).keys()
+                       >= reference.keys(), 90, interval=2)
             stored, dead, candles = (_stored(client, t) for t in ("ticks", "dead_letter", "candles"))
         finally:
             if worker is not None and worker.poll() is None:
@@ -635,8 +639,7 @@ def test_streaming_chain_rides_out_a_pubsub_emulator_crash_and_restart(tmp_path)
     assert sorted(stored_ids + dead_ids) == list(range(len(ticks))), (outage_s, pipeline_output)
     assert sorted(stored_ids) == list(range(len(ticks))), ("late ticks dead-lettered", outage_s)
 
-    ours = latest_traded_candles(candles)
-    theirs = latest_traded_candles(replay_reference_candles(ticks, tmp_path, timeframes))
+    ours, theirs = latest_traded_candles(candles), reference
     assert ours.keys() == theirs.keys() and len(ours) >= 4, pipeline_output
     for key, want in theirs.items():
         for column in CANDLE_COLUMNS + ("sma_5", "rsi_5"):

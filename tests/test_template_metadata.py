@@ -114,9 +114,19 @@ GOOD_AND_BAD = {
          ":market_data", "MY-PROJECT:market_data"]),
     "input_file": (
         ["gs://my-bucket/tardis/binance_trades_2024-01-01_BTCUSDT.csv.gz",
-         "gs://mds-replay/ticks.jsonl"],
+         "gs://mds-replay/ticks.jsonl",
+         "gs://my-bucket/tardis/binance/trades/2024/01/*/BTCUSDT.csv.gz",
+         "gs://my-bucket/a.csv.gz,gs://other-bucket/days/2024-01-0[1-9].csv.gz"],
         ["/tmp/ticks.jsonl", "s3://bucket/ticks.jsonl", "gs://Bad_Bucket/x", "gs://bucket/",
-         "gs://b/x"]),
+         "gs://b/x", "gs://my-bucket/a.csv,", "gs://my-bucket/a.csv,/tmp/b.csv",
+         "gs://my-bucket/a.csv, gs://my-bucket/b.csv"]),
+    "start_time": (
+        ["2024-01-01", "2024-01-01T00:00:00Z", "2024-01-31T12:30", "2024-01-01T00:00:00.5+00:00"],
+        ["2024-1-1", "yesterday", "2024-01-01T", "1704067200", ""]),
+    "end_time": (["2024-02-01", "2024-02-01 00:00:00"], ["2024/02/01", "2024-02-01Z"]),
+    "output_format": (["jsonl", "parquet"], ["csv", "JSONL", ""]),
+    "checkpoint_dir": (["gs://my-bucket/mds-checkpoints/binance", "gs://my-bucket/cp/"],
+                       ["/tmp/cp", "gs://my-bucket", "gs://my-bucket/a,b"]),
     "output_dir": (
         ["gs://my-bucket/mds-output"],
         ["out/", "gs://my-bucket"]),

@@ -52,8 +52,8 @@ from apache_beam.transforms.window import GlobalWindows
 
 from ingest.message import iso_from_us, parse_time_us
 from transforms import schemas
-from transforms.sinks import finalize_row
 from transforms.dead_letter import dead_letter
+from transforms.sinks import finalize_row
 
 if TYPE_CHECKING:
     from transforms.storage_write_sink import PendingStreams
@@ -341,11 +341,13 @@ class InsertRowsFn(beam.DoFn):
     (at-least-once) and a row waits at most one bundle.
     """
 
-    def __init__(self, project: str, dataset: str, table: str, batched: bool = False) -> None:
+    def __init__(self, project: str, dataset: str, table: str, batched: bool = False,
+                 with_latency: bool = True) -> None:
         self._project = project
         self._dataset = dataset
         self._table = table
         self._batched = batched
+        self._with_latency = with_latency  # False for a bounded run's historical rows
         self._inserted = Metrics.counter("bigquery", f"{table}_rows_inserted")
         self._rejected = Metrics.counter("bigquery", f"{table}_rows_rejected")
         self._failed = Metrics.counter("bigquery", f"{table}_insert_failed")
@@ -376,7 +378,7 @@ class InsertRowsFn(beam.DoFn):
     def process(self, element: Any) -> Iterator[TaggedOutput]:
         now_us = time.time_ns() // 1_000
         for row in element if self._batched else (element,):
-            finished = finalize_row(row, self._table, now_us)
+            finished = finalize_row(row, self._table, now_us, self._with_latency)
             problem = row_problem(finished, self._table)
             size = len(json.dumps(finished, separators=(",", ":"))) if problem is None else 0
             if problem is None and size > MAX_REQUEST_BYTES:
@@ -455,13 +457,15 @@ class WriteRowsToBigQuery(beam.PTransform):
     table itself, its failures are counted and logged instead (no loop).
 
     ``batched=True`` takes lists of rows (e.g. one per tick batch), so a batch stays one
-    element up to the writer. ``method``: ``STORAGE_WRITE_API`` (``AppendRowsFn``, the default)
+    element up to the writer; ``with_latency=False`` leaves ``latency_ms`` NULL (a bounded run's
+    historical rows). ``method``: ``STORAGE_WRITE_API`` (``AppendRowsFn``, the default)
     or ``STREAMING_INSERTS`` (``InsertRowsFn``). ``pending`` (Storage Write API, bounded runs):
     write to PENDING streams that ``pending.commit()`` makes visible at the end of the run.
     """
 
     def __init__(self, table: str, dataset: str, batched: bool = False,
-                 method: str = STORAGE_WRITE_API, pending: "PendingStreams | None" = None) -> None:
+                 with_latency: bool = True, method: str = STORAGE_WRITE_API,
+                 pending: "PendingStreams | None" = None) -> None:
         super().__init__()
         if table not in schemas.FIELDS:
             raise ValueError(f"unknown table {table!r}; expected one of {sorted(schemas.FIELDS)}")
@@ -472,19 +476,22 @@ class WriteRowsToBigQuery(beam.PTransform):
         self._table = table
         self._project, self._dataset = split_dataset_ref(dataset)
         self._batched = batched
+        self._with_latency = with_latency
         self._method = method
         self._pending = pending
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         if self._method == STREAMING_INSERTS:
             written = rows | "InsertAll" >> beam.ParDo(
-                InsertRowsFn(self._project, self._dataset, self._table, self._batched)
+                InsertRowsFn(self._project, self._dataset, self._table, self._batched,
+                             self._with_latency)
             ).with_outputs(FAILED, main="stored")
         else:
             from transforms.storage_write_sink import STREAMS, AppendRowsFn
 
             written = rows | "AppendRows" >> beam.ParDo(AppendRowsFn(
-                self._project, self._dataset, self._table, self._batched, self._pending is not None)
+                self._project, self._dataset, self._table, self._batched,
+                self._pending is not None, self._with_latency)
             ).with_outputs(FAILED, STREAMS, main="stored")
             if self._pending is not None:
                 self._pending.add(written[STREAMS])

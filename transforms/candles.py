@@ -16,7 +16,9 @@ from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
+from transforms import exact
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
+from transforms.global_flatten import GlobalFlatten
 from transforms.ticks import BUCKET_US, TickBatch, is_canonical_number
 
 PANE_INDEX = "pane_index"
@@ -62,9 +64,17 @@ def id_order_key(trade_id: str) -> tuple[int, int, str]:
     return (0, int(trade_id), "") if is_canonical_number(trade_id) else (1, 0, trade_id)
 
 
-# Accumulator layout (a list: cheap to pickle, merge and shuffle between workers).
+# Accumulator layout (a list: cheap to pickle, merge and shuffle between workers). The volume
+# sums are exact integers (transforms.exact) at AMOUNT_DECIMALS, quote volume at QUOTE_DECIMALS.
 (OPEN_KEY, OPEN_PRICE, OPEN_ID, CLOSE_KEY, CLOSE_PRICE, CLOSE_ID, HIGH, LOW, VOLUME, QUOTE_VOLUME,
- TRADES, BUY_VOLUME, SELL_VOLUME, BUY_TRADES, SELL_TRADES, PARTIAL, NATIVE_SYMBOL) = range(17)
+ TRADES, BUY_VOLUME, SELL_VOLUME, BUY_TRADES, SELL_TRADES, PARTIAL, NATIVE_SYMBOL, AMOUNT_DECIMALS,
+ QUOTE_DECIMALS) = range(19)
+_AMOUNT_SUMS = (VOLUME, BUY_VOLUME, SELL_VOLUME)
+# (amount, price) decimals each market needed so far in this process: the first guess for its
+# next batch, so the fixed-point conversion costs one pass (see exact.to_fixed). A hint only
+# changes the scale of the integers, never a sum's value, so a worker's history cannot change
+# an output.
+_DECIMALS_SEEN: dict[tuple[str, str], tuple[int, int]] = {}
 
 
 def _extreme_tick(batch: TickBatch, ts_us: int, pick_last: bool) -> tuple[tuple, float, str]:
@@ -78,25 +88,23 @@ def _extreme_tick(batch: TickBatch, ts_us: int, pick_last: bool) -> tuple[tuple,
 
 def summarize_batch(batch: TickBatch) -> list[Any]:
     """A tick batch as a candle accumulator: vectorised reductions, one pass per column."""
-    acc: list[Any] = [None] * 17
+    acc = empty_accumulator()
     acc[PARTIAL] = batch.disconnect
     acc[NATIVE_SYMBOL] = batch.native_symbol
     if not len(batch):
-        acc[VOLUME] = acc[QUOTE_VOLUME] = acc[BUY_VOLUME] = acc[SELL_VOLUME] = 0.0
-        acc[TRADES] = acc[BUY_TRADES] = acc[SELL_TRADES] = 0
         return acc
-    price, amount, side = batch.price, batch.amount, batch.side
+    price, side = batch.price, batch.side
     acc[OPEN_KEY], acc[OPEN_PRICE], acc[OPEN_ID] = _extreme_tick(batch, int(batch.ts_us.min()), False)
     acc[CLOSE_KEY], acc[CLOSE_PRICE], acc[CLOSE_ID] = _extreme_tick(batch, int(batch.ts_us.max()), True)
     acc[HIGH], acc[LOW] = float(price.max()), float(price.min())
-    acc[VOLUME] = float(amount.sum())
-    acc[QUOTE_VOLUME] = float(np.dot(price, amount))
-    buys, sells = side == 1, side == -1
-    acc[BUY_VOLUME] = float(amount[buys].sum())
-    acc[SELL_VOLUME] = float(amount[sells].sum())
+    market = (batch.exchange, batch.native_symbol)
+    (acc[VOLUME], acc[QUOTE_VOLUME], acc[BUY_VOLUME], acc[SELL_VOLUME], amount_decimals,
+     price_decimals) = exact.batch_sums(price, batch.amount, side, _DECIMALS_SEEN.get(market, (0, 0)))
+    _DECIMALS_SEEN[market] = (amount_decimals, price_decimals)
+    acc[AMOUNT_DECIMALS], acc[QUOTE_DECIMALS] = amount_decimals, amount_decimals + price_decimals
     acc[TRADES] = len(batch)
-    acc[BUY_TRADES] = int(buys.sum())
-    acc[SELL_TRADES] = int(sells.sum())
+    acc[BUY_TRADES] = int(np.count_nonzero(side == 1))
+    acc[SELL_TRADES] = int(np.count_nonzero(side == -1))
     return acc
 
 
@@ -112,28 +120,44 @@ def merge_into(acc: list[Any], other: list[Any]) -> list[Any]:
             acc[CLOSE_KEY], acc[CLOSE_PRICE], acc[CLOSE_ID] = other[CLOSE_KEY], other[CLOSE_PRICE], other[CLOSE_ID]
         acc[HIGH] = other[HIGH] if acc[HIGH] is None else max(acc[HIGH], other[HIGH])
         acc[LOW] = other[LOW] if acc[LOW] is None else min(acc[LOW], other[LOW])
-    for column in (VOLUME, QUOTE_VOLUME, BUY_VOLUME, SELL_VOLUME, TRADES, BUY_TRADES, SELL_TRADES):
-        acc[column] = (acc[column] or 0) + other[column]
+    for column in (TRADES, BUY_TRADES, SELL_TRADES):
+        acc[column] += other[column]
+    decimals = max(acc[AMOUNT_DECIMALS], other[AMOUNT_DECIMALS])
+    for column in _AMOUNT_SUMS:
+        acc[column] = (exact.rescale(acc[column], acc[AMOUNT_DECIMALS], decimals)
+                       + exact.rescale(other[column], other[AMOUNT_DECIMALS], decimals))
+    acc[AMOUNT_DECIMALS] = decimals
+    decimals = max(acc[QUOTE_DECIMALS], other[QUOTE_DECIMALS])
+    acc[QUOTE_VOLUME] = (exact.rescale(acc[QUOTE_VOLUME], acc[QUOTE_DECIMALS], decimals)
+                         + exact.rescale(other[QUOTE_VOLUME], other[QUOTE_DECIMALS], decimals))
+    acc[QUOTE_DECIMALS] = decimals
     return acc
 
 
 def empty_accumulator() -> list[Any]:
-    acc: list[Any] = [None] * 17
+    acc: list[Any] = [None] * 19
     acc[PARTIAL] = False
-    acc[VOLUME] = acc[QUOTE_VOLUME] = acc[BUY_VOLUME] = acc[SELL_VOLUME] = 0.0
+    acc[VOLUME] = acc[QUOTE_VOLUME] = acc[BUY_VOLUME] = acc[SELL_VOLUME] = 0
     acc[TRADES] = acc[BUY_TRADES] = acc[SELL_TRADES] = 0
+    acc[AMOUNT_DECIMALS] = acc[QUOTE_DECIMALS] = 0
     return acc
 
 
 def candle_values(acc: list[Any]) -> dict[str, Any]:
     """The OHLCV columns of a candle from its accumulator (times in µs)."""
-    trades = acc[TRADES]
+    trades, amount_decimals = acc[TRADES], acc[AMOUNT_DECIMALS]
+    volume = acc[VOLUME]
+    # vwap = Σpq / Σq as one correctly rounded division of the exact integers
+    vwap = (acc[QUOTE_VOLUME] * 10 ** amount_decimals / (volume * 10 ** acc[QUOTE_DECIMALS])
+            if trades and volume > 0 else None)
     return {
         "native_symbol": acc[NATIVE_SYMBOL],
         "open": acc[OPEN_PRICE], "high": acc[HIGH], "low": acc[LOW], "close": acc[CLOSE_PRICE],
-        "volume": acc[VOLUME], "quote_volume": acc[QUOTE_VOLUME], "trades": trades,
-        "vwap": acc[QUOTE_VOLUME] / acc[VOLUME] if trades and acc[VOLUME] > 0 else None,
-        "buy_volume": acc[BUY_VOLUME], "sell_volume": acc[SELL_VOLUME],
+        "volume": exact.to_float(volume, amount_decimals),
+        "quote_volume": exact.to_float(acc[QUOTE_VOLUME], acc[QUOTE_DECIMALS]), "trades": trades,
+        "vwap": vwap,
+        "buy_volume": exact.to_float(acc[BUY_VOLUME], amount_decimals),
+        "sell_volume": exact.to_float(acc[SELL_VOLUME], amount_decimals),
         "buy_trades": acc[BUY_TRADES], "sell_trades": acc[SELL_TRADES],
         "first_trade_id": acc[OPEN_ID], "last_trade_id": acc[CLOSE_ID],
         "first_tick_time": acc[OPEN_KEY][0] if trades else None,
@@ -143,7 +167,8 @@ def candle_values(acc: list[Any]) -> dict[str, Any]:
 
 
 class CandleCombineFn(beam.CombineFn):
-    """Tick-batch summaries → one candle's OHLCV; order-independent and exact for O/H/L/C/counts."""
+    """Tick-batch summaries → one candle's OHLCV; order-independent and exact: O/H/L/C and counts
+    as given, volume sums as exact decimals (``transforms.exact``)."""
 
     def create_accumulator(self) -> list[Any]:
         return empty_accumulator()
@@ -161,7 +186,7 @@ class CandleCombineFn(beam.CombineFn):
         return candle_values(acc)
 
 
-def _candle(exchange: str, symbol: str, timeframe: str, start_us: int, end_us: int,
+def candle_row(exchange: str, symbol: str, timeframe: str, start_us: int, end_us: int,
             values: dict[str, Any], is_final: bool, pane_index: int) -> dict[str, Any]:
     candle = {"exchange": exchange, "symbol": symbol, "timeframe": timeframe,
               "timestamp_in": start_us, "window_end": end_us}
@@ -191,13 +216,13 @@ class CandleFromPaneFn(beam.DoFn):
                 candle_window: window.IntervalWindow = beam.DoFn.WindowParam,
                 pane: Any = beam.DoFn.PaneInfoParam) -> Iterator[dict[str, Any]]:
         (exchange, symbol), values = element
-        yield _candle(exchange, symbol, self._timeframe, candle_window.start.micros,
+        yield candle_row(exchange, symbol, self._timeframe, candle_window.start.micros,
                       candle_window.end.micros, values, pane.timing != PaneInfoTiming.EARLY,
                       pane.index)
 
 
 class CandleFromKeyFn(beam.DoFn):
-    """Bounded replay: the timeframe and window are part of the key (see CandlesFromTicks)."""
+    """Bounded runs: the timeframe and window are part of the key (transforms.bounded_candles)."""
 
     def __init__(self, timeframes: list[tuple[str, int]]) -> None:
         self._length_us = {label: seconds * 1_000_000 for label, seconds in timeframes}
@@ -206,17 +231,8 @@ class CandleFromKeyFn(beam.DoFn):
     def process(self, element: tuple[tuple[str, str, str, int], dict[str, Any]]
                 ) -> Iterator[dict[str, Any]]:
         (exchange, symbol, timeframe, start_us), values = element
-        yield _candle(exchange, symbol, timeframe, start_us, start_us + self._length_us[timeframe],
-                      values, True, 0)
-
-
-def window_keys(key: tuple[str, str, int], timeframes: list[tuple[str, int]]
-                ) -> list[tuple[str, str, str, int]]:
-    """(exchange, symbol, bucket start µs) → the (exchange, symbol, timeframe, window start) of
-    every timeframe's window that holds the bucket."""
-    exchange, symbol, start_us = key
-    return [(exchange, symbol, label, start_us - start_us % (seconds * 1_000_000))
-            for label, seconds in timeframes]
+        yield candle_row(exchange, symbol, timeframe, start_us, start_us + self._length_us[timeframe],
+                         values, True, 0)
 
 
 class CandlesFromTicks(beam.PTransform):
@@ -225,20 +241,16 @@ class CandlesFromTicks(beam.PTransform):
     Windows fire when the watermark passes their end; each late tick within the allowed lateness
     fires a corrected pane (accumulating, so the pane is the whole candle, never a delta); 4h and
     longer windows also fire provisional panes every ``early_firing_seconds`` of processing time.
-    A bounded input (file replay) has no late data and no processing-time cadence: there the
-    timeframe and window start go into the key instead, because the batch runner's window-set
-    bookkeeping grows with the square of the windows per key (a day of 15 s windows took minutes),
-    and one combine for every timeframe pays Beam's per-element cost once per batch, not once
-    per batch and timeframe.
+    A bounded input (replay, backfill) takes ``transforms.bounded_candles`` instead: hour groups
+    and the same accumulator functions, without windows and triggers.
     """
 
     def __init__(self, timeframes: list[tuple[str, int]], allowed_lateness_seconds: int,
-                 early_firing_seconds: int = 0, bounded: bool = False) -> None:
+                 early_firing_seconds: int = 0) -> None:
         super().__init__()
         self._timeframes = timeframes
         self._lateness = allowed_lateness_seconds
         self._early = early_firing_seconds
-        self._bounded = bounded
 
     def _trigger(self, seconds: int) -> trigger.TriggerFn:
         early: Optional[trigger.TriggerFn] = None
@@ -250,16 +262,6 @@ class CandlesFromTicks(beam.PTransform):
         summaries = batches | "Summarize" >> beam.ParDo(SummarizeBatchFn()).with_outputs(
             DEAD_LETTER_TAG, main="summaries")
         failures = [summaries[DEAD_LETTER_TAG]]
-        if self._bounded:
-            timeframes = self._timeframes
-            labelled = (summaries.summaries
-                        | "KeyByWindow" >> beam.FlatMap(
-                            lambda kv: [(key, kv[1]) for key in window_keys(kv[0], timeframes)])
-                        | "Combine" >> beam.CombinePerKey(CandleCombineFn())
-                        | "Label" >> beam.ParDo(CandleFromKeyFn(timeframes)).with_outputs(
-                            DEAD_LETTER_TAG, main="candles"))
-            return CandlePanes(labelled.candles, (labelled[DEAD_LETTER_TAG], *failures)
-                               | "CandleFailures" >> beam.Flatten())
         per_timeframe = []
         for label, seconds in self._timeframes:
             labelled = (summaries.summaries
@@ -273,8 +275,8 @@ class CandlesFromTicks(beam.PTransform):
                             DEAD_LETTER_TAG, main="candles"))
             per_timeframe.append(labelled.candles)
             failures.append(labelled[DEAD_LETTER_TAG])
-        return CandlePanes(per_timeframe | "AllTimeframes" >> beam.Flatten(),
-                           failures | "CandleFailures" >> beam.Flatten())
+        return CandlePanes(tuple(per_timeframe) | "AllTimeframes" >> GlobalFlatten(),
+                           tuple(failures) | "CandleFailures" >> GlobalFlatten())
 
 
 class CandlePanes(NamedTuple):

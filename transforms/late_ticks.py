@@ -24,6 +24,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
+from transforms.global_flatten import GlobalFlatten
 from transforms.ticks import BUCKET_US, MarketKey, TickBatch
 
 DAY_US = 86_400_000_000
@@ -108,6 +109,6 @@ class JudgeByPane(beam.PTransform):
         by_bucket = by_day.on_time | "ByBucket" >> _GroupByDeadline(
             BUCKET_US, self._lateness_us, Duration(micros=DAY_US + DAY_US // 2))
         on_time = by_bucket.on_time | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-        late = (by_day[LATE_TAG], by_bucket[LATE_TAG]) | "AllLate" >> beam.Flatten()
-        dead = (by_day[DEAD_LETTER_TAG], by_bucket[DEAD_LETTER_TAG]) | "Failures" >> beam.Flatten()
+        late = (by_day[LATE_TAG], by_bucket[LATE_TAG]) | "AllLate" >> GlobalFlatten()
+        dead = (by_day[DEAD_LETTER_TAG], by_bucket[DEAD_LETTER_TAG]) | "Failures" >> GlobalFlatten()
         return JudgedTicks(on_time, late, dead)

@@ -96,3 +96,17 @@ FIELDS = {TICKS_TABLE: TICK_FIELDS, CANDLES_TABLE: CANDLE_FIELDS, DEAD_LETTER_TA
 CANDLE_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in CANDLE_FIELDS)
 TICK_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in TICK_FIELDS)
 DEAD_LETTER_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in DEAD_LETTER_FIELDS)
+
+
+_ARROW_TYPES = {"STRING": "string", "FLOAT64": "float64", "INT64": "int64", "BOOL": "bool_"}
+
+
+def arrow_schema(table: str) -> Any:
+    """The table's columns as a pyarrow schema (Parquet output): TIMESTAMP as µs in UTC. Every
+    column is nullable, so a row BigQuery would refuse still lands in a research file."""
+    import pyarrow as pa
+
+    return pa.schema([
+        pa.field(f["name"], pa.timestamp("us", tz="UTC") if f["type"] == "TIMESTAMP"
+                 else getattr(pa, _ARROW_TYPES[f["type"]])())
+        for f in FIELDS[table]])

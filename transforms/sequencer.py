@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Iterator, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import numpy as np
@@ -21,7 +21,8 @@ from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteStateSpec, TimerSpec,
+                                              on_timer)
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms import features
@@ -31,7 +32,7 @@ from transforms.features import FEATURE_NAMES
 
 FEATURE_HISTORY = 40  # candles of history kept per key: covers every feature's look-back (≤ 34)
 _NO_FEATURES = dict.fromkeys(FEATURE_NAMES)
-_END_OF_TIME_US = window.GlobalWindow().max_timestamp().micros
+END_OF_TIME_US = window.GlobalWindow().max_timestamp().micros
 SERIES_BREAK: Any = object()  # between the rows of two series of one key (it went idle between)
 STAGE_SEQUENCE = "sequence"
 STAGE_FEATURES = "features"
@@ -60,6 +61,17 @@ class SeriesState:
         return self.history[-1].row["close"]
 
 
+def _split_series(released: list[Any]) -> list[list[dict[str, Any]]]:
+    """Released rows → one list per series (SERIES_BREAK separates them)."""
+    segments: list[list[dict[str, Any]]] = [[]]
+    for row in released:
+        if row is SERIES_BREAK:
+            segments.append([])
+        else:
+            segments[-1].append(row)
+    return segments
+
+
 def gap_candle(previous: dict[str, Any], start_us: int, length_us: int) -> dict[str, Any]:
     """An interval without trades: O=H=L=C=previous close, zero volume, vwap NULL."""
     close = previous["close"]
@@ -79,7 +91,9 @@ class SequenceCandlesFn(beam.DoFn):
     """Keyed by (exchange, symbol, timeframe); candles in, ordered candle rows with features out.
 
     ``bounded`` (file replay): all input arrives before the watermark moves, so one flush at the
-    end of time replaces the per-window timer chain a stream needs.
+    end of time replaces the per-window timer chain a stream needs. That flush is not a moment of
+    the data: trailing gap candles stop at ``end_us`` (the requested range's end), or without one
+    at each series' last candle with trades, so a bounded run emits no candle after its input.
     """
 
     PENDING = BagStateSpec("pending", PickleCoder())  # final candles the watermark has not released
@@ -91,7 +105,7 @@ class SequenceCandlesFn(beam.DoFn):
 
     def __init__(self, timeframe_seconds: dict[str, int], feature_timeframes: set[str],
                  gap_candles: bool, idle_timeout_seconds: int, allowed_lateness_seconds: int,
-                 bounded: bool, job_start_us: int) -> None:
+                 bounded: bool, job_start_us: int, end_us: Optional[int] = None) -> None:
         self._job_start_us = job_start_us
         self._timeframe_us = {label: s * 1_000_000 for label, s in timeframe_seconds.items()}
         self._feature_timeframes = set(feature_timeframes)
@@ -99,6 +113,7 @@ class SequenceCandlesFn(beam.DoFn):
         self._idle_us = idle_timeout_seconds * 1_000_000
         self._lateness_us = allowed_lateness_seconds * 1_000_000
         self._bounded = bounded
+        self._end_us = end_us
         self.corrections = Metrics.counter("candles", "corrected_candles")
         self.gaps = Metrics.counter("candles", "gap_candles")
         self.too_old = Metrics.counter("candles", "corrections_beyond_history")
@@ -106,7 +121,8 @@ class SequenceCandlesFn(beam.DoFn):
         # dead letter while the candle itself goes out with NULL features.
         self._feature_failures: list[dict[str, Any]] = []
 
-    def _history_limit(self, length_us: int) -> int:
+    def history_limit(self, length_us: int) -> int:
+        """Candles a key keeps: the features' look-back, or what late corrections can reach."""
         return max(FEATURE_HISTORY, math.ceil(2 * self._lateness_us / length_us) + 2)
 
     @dead_letter_on_error(STAGE_SEQUENCE)
@@ -118,6 +134,12 @@ class SequenceCandlesFn(beam.DoFn):
                 early_revisions: Any = beam.DoFn.StateParam(EARLY_REVISIONS)) -> Iterator[dict[str, Any]]:
         _, candle = element
         series: SeriesState | None = series_state.read()
+        if isinstance(candle, SeriesState):  # a backfill's checkpoint (transforms.checkpoint)
+            if series is None:  # a series this job already began keeps going as it is
+                series_state.write(candle)
+                length = self._timeframe_us[candle.history[-1].row["timeframe"]]
+                self._wake_at(candle.next_start_us + length, flush, flush_at)
+            return
         start = candle["timestamp_in"]
         if not candle["is_final"]:  # provisional pane of a long window: straight out
             revisions = early_revisions.read() or {}
@@ -130,13 +152,17 @@ class SequenceCandlesFn(beam.DoFn):
         if series and start < series.next_start_us:
             yield from self._correct(series, candle)
             series_state.write(series)
-            yield from self._flush_failures()
+            yield from self.flush_failures()
             return
         pending.add(candle)
         if series and candle["last_tick_time"]:
             series.last_trade_us = max(series.last_trade_us, candle["last_tick_time"])
             series_state.write(series)
-        release_at = _END_OF_TIME_US if self._bounded else candle["window_end"]
+        self._wake_at(END_OF_TIME_US if self._bounded else candle["window_end"], flush, flush_at)
+
+    @staticmethod
+    def _wake_at(release_at: int, flush: Any, flush_at: Any) -> None:
+        """Sets the FLUSH timer to ``release_at`` unless it is due earlier already."""
         current = flush_at.read()
         if current is None or release_at < current:
             flush.set(Timestamp(micros=release_at))
@@ -156,18 +182,13 @@ class SequenceCandlesFn(beam.DoFn):
             early_revisions.write(early)
         else:
             early_revisions.clear()
-        segments: list[list[dict[str, Any]]] = [[]]
-        for row in released:
-            if row is SERIES_BREAK:
-                segments.append([])
-            else:
-                segments[-1].append(row)
-        for rows in segments:
+        for rows in _split_series(released):
             # A bounded run has each whole series at once: the vectorised feature path.
             yield from self._with_batch_features(rows) if self._bounded else rows
-        yield from self._flush_failures()
+        yield from self.flush_failures()
 
-    def _flush_failures(self) -> Iterator[beam.pvalue.TaggedOutput]:
+    def flush_failures(self) -> Iterator[beam.pvalue.TaggedOutput]:
+        """The dead letters of candles whose features failed since the last call."""
         failures, self._feature_failures = self._feature_failures, []
         for row in failures:
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, row)
@@ -176,6 +197,13 @@ class SequenceCandlesFn(beam.DoFn):
         self._feature_failures.append(dead_letter(
             STAGE_FEATURES, f"{type(error).__name__}: {error}; the candle is written with NULL "
             f"features", candles))
+
+    def flush_series(self, pending: Any, series_state: Any, flush: Any, flush_at: Any
+                     ) -> list[list[dict[str, Any]]]:
+        """A bounded run's end-of-input release: the rows of each series of the key (a key idle
+        past the timeout starts a new one), features filled."""
+        released = list(self._release(pending, series_state, flush, flush_at, END_OF_TIME_US, {}))
+        return [self._with_batch_features(rows) for rows in _split_series(released)]
 
     def _release(self, pending: Any, series_state: Any, flush: Any, flush_at: Any,
                  now_us: int, early: dict[int, int]) -> Iterator[dict[str, Any]]:
@@ -212,7 +240,7 @@ class SequenceCandlesFn(beam.DoFn):
         if series is None:  # nothing released, or the key went idle and nothing started anew
             series_state.clear()
             return
-        yield from self._fill_gaps(series, now_us, early, trailing=True)
+        yield from self._fill_gaps(series, self._trailing_until(series, now_us), early, trailing=True)
         idle_at = series.last_trade_us + self._idle_us
         # Forget a silent key, but not while a late pane may still correct its last candle.
         forget_at = max(idle_at, series.next_start_us + self._lateness_us)
@@ -232,6 +260,13 @@ class SequenceCandlesFn(beam.DoFn):
         next_flush = min(wake_ups)
         flush.set(Timestamp(micros=next_flush))
         flush_at.write(next_flush)
+
+    def _trailing_until(self, series: SeriesState, now_us: int) -> int:
+        """Until when trailing gap candles run: the watermark in a stream; in a bounded run the
+        range's end, or the end of the series' last candle (no trailing gaps)."""
+        if not self._bounded:
+            return now_us
+        return self._end_us if self._end_us is not None else series.next_start_us
 
     def _initial_features(self, timeframe: str) -> Any:
         """The incremental feature state, for a stream; a bounded series is done in one go."""
@@ -286,7 +321,7 @@ class SequenceCandlesFn(beam.DoFn):
         row.update(self._features(series, row))
         series.history.append(SeriesEntry(row, state_before, pane_index))
         length = self._timeframe_us[row["timeframe"]]
-        del series.history[:-self._history_limit(length)]
+        del series.history[:-self.history_limit(length)]
         series.next_start_us = row["timestamp_in"] + length
         if row["last_tick_time"]:
             series.last_trade_us = max(series.last_trade_us, row["last_tick_time"])
@@ -353,20 +388,27 @@ class SequenceCandlesFn(beam.DoFn):
 
 
 class SequenceCandles(beam.PTransform):
-    """Candle panes of every timeframe → ordered candle rows with gaps, revisions and features."""
+    """Candle panes of every timeframe → ordered candle rows with gaps, revisions and features.
 
-    def __init__(self, timeframes: list[tuple[str, int]], feature_timeframes: set[str],
-                 gap_candles: bool, idle_timeout_seconds: int, allowed_lateness_seconds: int,
-                 bounded: bool, job_start_us: int) -> None:
+    ``checkpoints``: (series key, SeriesState) a backfill left (transforms.checkpoint), installed
+    before the first candle so the series go on from there.
+    """
+
+    def __init__(self, fn: SequenceCandlesFn,
+                 checkpoints: Sequence[tuple[tuple[str, str, str], SeriesState]] = ()) -> None:
         super().__init__()
-        self._fn = SequenceCandlesFn(dict(timeframes), feature_timeframes, gap_candles,
-                                     idle_timeout_seconds, allowed_lateness_seconds, bounded,
-                                     job_start_us)
+        self._fn = fn
+        self._checkpoints = list(checkpoints)
 
     def expand(self, candles: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         """Returns the candle rows (main output ``rows``) and ``dead_letter``."""
-        return (candles
-                | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-                | "KeyBySeries" >> beam.Map(lambda c: ((c["exchange"], c["symbol"], c["timeframe"]), c))
-                .with_output_types(Tuple[Tuple[str, str, str], Dict[str, Any]])
-                | "Sequence" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main="rows"))
+        keyed = (candles
+                 | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+                 | "KeyBySeries" >> beam.Map(lambda c: ((c["exchange"], c["symbol"], c["timeframe"]), c))
+                 .with_output_types(Tuple[Tuple[str, str, str], Any]))
+        if self._checkpoints:
+            seeds = (candles.pipeline
+                     | "Checkpoints" >> beam.Create(self._checkpoints)
+                     .with_output_types(Tuple[Tuple[str, str, str], Any]))
+            keyed = (keyed, seeds) | "WithCheckpoints" >> beam.Flatten()
+        return keyed | "Sequence" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main="rows")

@@ -2,7 +2,9 @@
 
 Rows travel through the pipeline with times as µs integers; they are stamped with
 ``timestamp_out``/``latency_ms`` and their TIMESTAMP columns turned into ISO-8601 UTC strings
-right before a sink writes them, so latency measures the whole pipeline (SPEC §4).
+right before a sink writes them, so latency measures the whole pipeline (SPEC §4). Rows of a
+bounded run (replay, backfill) describe the past: their ``latency_ms`` is NULL, so history never
+enters the latency views (which skip NULLs), while ``timestamp_out`` still says when they were made.
 """
 from __future__ import annotations
 
@@ -27,11 +29,13 @@ TIMESTAMP_COLUMNS = {table: tuple(f["name"] for f in fields if f["type"] == "TIM
 COLUMNS = {table: tuple(f["name"] for f in fields) for table, fields in FIELDS.items()}
 
 
-def finalize_row(row: Mapping[str, Any], table: str, now_us: Optional[int] = None) -> dict[str, Any]:
+def finalize_row(row: Mapping[str, Any], table: str, now_us: Optional[int] = None,
+                 with_latency: bool = True, iso_times: bool = True) -> dict[str, Any]:
     """Stamp processing time and latency, keep only the table's columns, format timestamps.
 
-    Times given as µs integers become ISO-8601 strings; strings are left for the row check to
-    judge. A latency source that cannot be read leaves ``latency_ms`` NULL.
+    Times given as µs integers become ISO-8601 strings (``iso_times``; Parquet keeps them typed);
+    strings are left for the row check to judge. A latency source that cannot be read, or a
+    historical row (``with_latency=False``), leaves ``latency_ms`` NULL.
     """
     now_us = time.time_ns() // 1_000 if now_us is None else now_us
     out = {name: row.get(name) for name in COLUMNS[table]}
@@ -40,9 +44,12 @@ def finalize_row(row: Mapping[str, Any], table: str, now_us: Optional[int] = Non
     if source is not None:
         out["latency_ms"] = None
         try:
-            out["latency_ms"] = (now_us - parse_time_us(row[source])) / 1000.0
+            if with_latency:
+                out["latency_ms"] = (now_us - parse_time_us(row[source])) / 1000.0
         except (KeyError, TypeError, ValueError):
             pass
+    if not iso_times:
+        return out
     for name in TIMESTAMP_COLUMNS[table]:
         if isinstance(out.get(name), int) and not isinstance(out[name], bool):
             out[name] = iso_from_us(out[name])
@@ -52,11 +59,14 @@ def finalize_row(row: Mapping[str, Any], table: str, now_us: Optional[int] = Non
 class FinalizeRowsFn(beam.DoFn):
     """Applies ``finalize_row`` at the last step before a sink."""
 
-    def __init__(self, table: str) -> None:
+    def __init__(self, table: str, with_latency: bool = True, iso_times: bool = True) -> None:
         self._table = table
+        self._with_latency = with_latency
+        self._iso_times = iso_times
 
     def process(self, row: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        yield finalize_row(row, self._table)
+        yield finalize_row(row, self._table, with_latency=self._with_latency,
+                           iso_times=self._iso_times)
 
 
 class AppendJsonLinesFn(beam.DoFn):
@@ -102,6 +112,41 @@ class WriteJsonLines(beam.PTransform):
         return (rows
                 | "Finalize" >> beam.ParDo(FinalizeRowsFn(self._table))
                 | "Append" >> beam.ParDo(AppendJsonLinesFn(self._path)))
+
+
+SHARD_TEMPLATE = "-SSSSS-of-NNNNN"
+FILE_SUFFIX = {"jsonl": ".jsonl", "parquet": ".parquet"}
+
+
+class WriteRowFiles(beam.PTransform):
+    """Bounded runs: rows of a table → DIR/<table>-SSSSS-of-NNNNN.<jsonl|parquet>.
+
+    Beam's file sinks write one shard per worker bundle and rename them into place when the run
+    succeeds, which is right with parallel workers and on gs://, where appending to one file is
+    not. Rows are historical: ``latency_ms`` NULL. Parquet keeps TIMESTAMP columns typed (µs, UTC).
+    """
+
+    def __init__(self, output_dir: str, table: str, file_format: str) -> None:
+        super().__init__()
+        self._prefix = os.path.join(output_dir, table)
+        self._table = table
+        self._format = file_format
+
+    def expand(self, rows: beam.PCollection) -> beam.PDone:
+        parquet = self._format == "parquet"
+        finished = rows | "Finalize" >> beam.ParDo(
+            FinalizeRowsFn(self._table, with_latency=False, iso_times=not parquet))
+        if parquet:
+            from transforms.schemas import arrow_schema
+
+            return finished | "WriteParquet" >> beam.io.WriteToParquet(
+                self._prefix, arrow_schema(self._table), codec="snappy",
+                file_name_suffix=FILE_SUFFIX["parquet"], shard_name_template=SHARD_TEMPLATE)
+        return (finished
+                | "Json" >> beam.Map(lambda row: json.dumps(row, separators=(",", ":")))
+                | "WriteText" >> beam.io.WriteToText(
+                    self._prefix, file_name_suffix=FILE_SUFFIX["jsonl"],
+                    shard_name_template=SHARD_TEMPLATE))
 
 
 def _hhmmss(value: Any) -> str:

@@ -48,11 +48,12 @@ class AppendRowsFn(beam.DoFn):
     """
 
     def __init__(self, project: str, dataset: str, table: str, batched: bool = False,
-                 pending: bool = False) -> None:
+                 pending: bool = False, with_latency: bool = True) -> None:
         self._table = table
         self._table_path = table_path(project, dataset, table)
         self._batched = batched
         self._pending = pending
+        self._with_latency = with_latency  # False for a bounded run's historical rows
         self._appended = Metrics.counter("bigquery", f"{table}_rows_appended")
         self._bytes = Metrics.counter("bigquery", f"{table}_append_bytes")
         self._rejected = Metrics.counter("bigquery", f"{table}_rows_rejected")
@@ -81,7 +82,7 @@ class AppendRowsFn(beam.DoFn):
     def process(self, element: Any) -> Iterator[TaggedOutput]:
         now_us = time.time_ns() // 1_000
         for row in element if self._batched else (element,):
-            finished = finalize_row(row, self._table, now_us)
+            finished = finalize_row(row, self._table, now_us, self._with_latency)
             problem = row_problem(finished, self._table)
             data = b""
             if problem is None:

@@ -6,8 +6,9 @@ across buckets, for ``dedup_retention_seconds`` of event time (``SeenIds``). Ids
 when the watermark passes their time plus the retention (not by the newest tick, which a
 future-stamped one could push ahead), and a market quiet that long is forgotten whole, so
 hostile or delisted symbols cannot grow the state without bound.
-Lateness is judged after dedup by ``JudgeByPane`` (streaming only: a bounded input holds the
-watermark until it is read whole, so nothing in it can be late).
+Lateness is judged after dedup by ``JudgeByPane``. Streaming only: a bounded run dedups its hour
+groups in ``transforms.bounded_candles``, and its watermark waits for the whole input, so nothing
+in it can be late.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from ingest import message as wire
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter, dead_letter_on_error
+from transforms.global_flatten import GlobalFlatten
 from transforms.late_ticks import JudgeByPane
 from transforms.seen_ids import SeenIds
 from transforms.ticks import BUCKET_US, MarketKey, TickBatch
@@ -34,17 +36,17 @@ STAGE_LATE = "late"
 class DedupTicksFn(beam.DoFn):
     """Drops the ticks whose id the market already let through (and repeats within a batch).
 
-    SEEN holds the market's ``SeenIds``. With a ``retention`` (streaming), FORGET fires when the
-    watermark passes the oldest remembered id's time plus the retention and forgets what is
-    that old; FORGET_AT is when it is set for. A bounded run keeps every id.
+    SEEN holds the market's ``SeenIds``. FORGET fires when the watermark passes the oldest
+    remembered id's time plus the retention and forgets what is that old; FORGET_AT is when it
+    is set for.
     """
 
     SEEN = ReadModifyWriteStateSpec("seen", PickleCoder())
     FORGET_AT = ReadModifyWriteStateSpec("forget_at", VarIntCoder())
     FORGET = TimerSpec("forget", TimeDomain.WATERMARK)
 
-    def __init__(self, retention_seconds: int | None) -> None:
-        self._retention_us = None if retention_seconds is None else retention_seconds * 1_000_000
+    def __init__(self, retention_seconds: int) -> None:
+        self._retention_us = retention_seconds * 1_000_000
         self.duplicates = Metrics.counter("ticks", "duplicate_ticks")
         self.unique = Metrics.counter("ticks", "unique_ticks")
 
@@ -64,12 +66,11 @@ class DedupTicksFn(beam.DoFn):
         if len(batch):
             seen.add(keys, batch.ts_us)
             seen_state.write(seen)
-            if self._retention_us is not None:
-                due = int(batch.ts_us.min()) + self._retention_us
-                current = forget_at.read()
-                if current is None or due < current:
-                    forget.set(Timestamp(micros=due))
-                    forget_at.write(due)
+            due = int(batch.ts_us.min()) + self._retention_us
+            current = forget_at.read()
+            if current is None or due < current:
+                forget.set(Timestamp(micros=due))
+                forget_at.write(due)
         if len(batch) or batch.disconnect:
             yield TimestampedValue(batch, Timestamp(micros=batch.event_time_us))
 
@@ -114,24 +115,20 @@ class GuardedTicks(NamedTuple):
 
 
 class GuardTicks(beam.PTransform):
-    """((exchange, symbol), TickBatch) → unique, on-time TickBatches and dead letters."""
+    """Streaming ((exchange, symbol), TickBatch) → unique, on-time TickBatches and dead letters.
+    (A bounded run dedups in ``transforms.bounded_candles`` and has no late ticks.)"""
 
-    def __init__(self, allowed_lateness_seconds: int, retention_seconds: int,
-                 bounded: bool = False) -> None:
+    def __init__(self, allowed_lateness_seconds: int, retention_seconds: int) -> None:
         super().__init__()
         self._lateness = allowed_lateness_seconds
         self._retention = retention_seconds
-        self._bounded = bounded
 
     def expand(self, keyed: beam.PCollection) -> GuardedTicks:
-        deduped = keyed | "Dedup" >> beam.ParDo(
-            DedupTicksFn(None if self._bounded else self._retention)).with_outputs(
-                DEAD_LETTER_TAG, main="unique")
-        if self._bounded:
-            return GuardedTicks(deduped.unique, deduped[DEAD_LETTER_TAG])
+        deduped = keyed | "Dedup" >> beam.ParDo(DedupTicksFn(self._retention)).with_outputs(
+            DEAD_LETTER_TAG, main="unique")
         judged = deduped.unique | "JudgeLateness" >> JudgeByPane(self._lateness)
         late = judged.late | "LateToDeadLetter" >> beam.ParDo(LateTicksToDeadLetterFn()).with_outputs(
             DEAD_LETTER_TAG, main="rows")
         dead = ((late.rows, late[DEAD_LETTER_TAG], deduped[DEAD_LETTER_TAG], judged.dead_letter)
-                | "GuardDeadLetters" >> beam.Flatten())
+                | "GuardDeadLetters" >> GlobalFlatten())
         return GuardedTicks(judged.on_time, dead)
