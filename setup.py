@@ -38,7 +38,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pipelines", "pipelines.*", "ingest", "ingest.*",
                                     "transforms", "transforms.*"]),
-    package_data={"pipelines": ["sample/*"]},
+    # ingest/contract: the venue and instrument tables both ingest workers read
+    package_data={"pipelines": ["sample/*"], "ingest": ["contract/*.json", "contract/*.csv"]},
     install_requires=REQUIRED,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["mds=pipelines.cli:main"]},

@@ -132,7 +132,7 @@ done
 # ---------------------------------------------------------------------------------------------
 case "${MODE}" in candles|ticks|both) ;; *) die "--mode must be candles, ticks or both, got '${MODE}'" ;; esac
 case "${SOURCE}" in live|tardis) ;; *) die "--source must be live or tardis, got '${SOURCE}'" ;; esac
-[[ "${SYMBOL}" =~ ^[A-Za-z0-9]+-[A-Za-z0-9]+$ ]] || die "--symbol must look like BTC-USDT, got '${SYMBOL}'"
+[[ "${SYMBOL}" =~ ^[A-Za-z0-9]+(-[A-Za-z0-9]+)+$ ]] || die "--symbol must look like BTC-USDT or BTC-USD-PERP, got '${SYMBOL}'"
 [[ "${EXCHANGE}" =~ ^[a-z0-9-]+$ ]] || die "--exchange must be a Tardis exchange id like binance, got '${EXCHANGE}'"
 [[ "${MAX_WORKERS}" =~ ^[1-9][0-9]*$ ]] || die "--max-workers must be a positive integer"
 [[ "${SOURCE}" != "tardis" || -n "${TARDIS_SECRET}" ]] || die "--source tardis needs --tardis-secret NAME"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Sequence
 
-from ingest.exchanges import exchange_spec
+from ingest.venues import load
 
 DEFAULT_ENDPOINT = "https://datasets.tardis.dev/v1"
 API_KEY_ENV = "TARDIS_API_KEY"
@@ -69,17 +69,18 @@ def download(exchange: str, symbols: Sequence[str], from_date: str, to_date: str
     """
     if data_type not in DATA_TYPES:
         raise ValueError(f"data type {data_type!r} is not supported; use one of {DATA_TYPES}")
-    spec = exchange_spec(exchange)
+    feed, _ = load().resolve(exchange, symbols)  # the instrument table names each market
+    natives = {symbol: load().resolve(exchange, [symbol])[1][0].native for symbol in symbols}
+    tardis_id = feed.tardis["exchange"]
     key = os.environ.get(API_KEY_ENV, "") if api_key is None else api_key
     result = Download()
     for symbol in symbols:
-        native = spec.native_symbol(symbol)
         for day in days(from_date, to_date):
-            path = cached_path(cache_dir, spec.tardis_id, data_type, day, native)
+            path = cached_path(cache_dir, tardis_id, data_type, day, natives[symbol])
             result.files.append(DatasetFile(symbol, day, path, fetched=not os.path.exists(path)))
     os.makedirs(cache_dir, exist_ok=True)
-    asyncio.run(_fetch_missing(result, spec.tardis_id, data_type, cache_dir, endpoint, key,
-                               concurrency, [spec.native_symbol(f.symbol) for f in result.files]))
+    asyncio.run(_fetch_missing(result, tardis_id, data_type, cache_dir, endpoint, key,
+                               concurrency, [natives[f.symbol] for f in result.files]))
     return result
 
 

@@ -1,10 +1,19 @@
-"""Trade files on disk (or GCS, through Beam's FileSystems) as wire-format tick dicts.
+"""Trade files on disk (or GCS, through Beam's FileSystems) as wire-format records.
 
-Three formats, told apart by their first line: JSONL(.gz) of ticks or batch messages; a Tardis.dev
+Four formats, told apart by their first line: JSONL(.gz) of ticks or batch messages; a Tardis.dev
 ``trades`` CSV (header exchange,symbol,timestamp,local_timestamp,id,side,price,amount, µs times);
 Binance's raw trades CSV (no header: id,price,qty,quote_qty,time,is_buyer_maker,is_best_match; ms
-times, µs from 2025 on). Rows are converted, not validated: the pipeline's parser validates every
-tick the same way whatever its source, so a bad row becomes a dead-letter row there.
+times, µs from 2025 on); and recorded venue frames in Tardis.dev's data-feed line format
+(``<28-char ISO local time> <frame>``, an empty line = a disconnect), which only the ingest workers
+read (like a replay).
+
+Two readers on one set of row rules (``ingest.rows``: venue units and symbols from the instrument
+table, deterministic ids for rows without one, error records for what cannot be converted).
+``iter_records``/``iter_chunks`` are the pipeline's file replay: rows are converted, not validated
+(the pipeline's parser validates every tick the same way whatever its source), and a file that is
+not UTF-8 is read on with the bad bytes kept for the parser to refuse. ``iter_file_items`` is the
+ingest workers': lines as bytes, decoded strictly, the same bytes as the Node.js reader
+(``src/sources/file.js``).
 """
 from __future__ import annotations
 
@@ -15,13 +24,18 @@ import itertools
 import json
 import os
 import re
-from typing import IO, Any, Iterator
+import time
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
-from ingest.message import BATCH_KEY, make_tick
-from ingest.symbols import to_user_symbol
+from ingest.message import BATCH_KEY, ERROR_SYMBOL, make_error_record
+from ingest.rows import TARDIS_HEADER, CsvRows, jsonl_items, split_csv_line, synthetic_id
 
-TARDIS_HEADER = ["exchange", "symbol", "timestamp", "local_timestamp", "id", "side", "price", "amount"]
+if TYPE_CHECKING:
+    from ingest.streams import FrameStream, SourceItem
+
 FORMAT_JSONL, FORMAT_TARDIS_CSV, FORMAT_BINANCE_CSV = "jsonl", "tardis_csv", "binance_csv"
+FORMAT_TARDIS_LINES = "tardis_lines"
+_TARDIS_LINE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]{8,}Z ")
 _BINANCE_NAME = re.compile(r"(?P<symbol>[A-Z0-9]+)-trades-\d{4}-\d{2}(-\d{2})?", re.IGNORECASE)
 
 
@@ -71,11 +85,14 @@ def iter_tardis_columns(path: str, block_bytes: int = 1 << 22) -> Iterator[Any]:
 
 
 def detect_format(first_line: str) -> str:
-    """The format a first line announces; anything that is not one of the CSVs is read as JSONL,
-    so a file of garbage becomes one dead letter per line rather than a failed replay."""
+    """The format a first line announces; anything that is not one of the CSVs or recorded venue
+    frames is read as JSONL, so a file of garbage becomes one dead letter per line rather than a
+    failed replay. (The pipeline reads recorded frames as Binance CSV rows: dead letters.)"""
     stripped = first_line.strip()
     if stripped.split(",")[:2] == TARDIS_HEADER[:2]:
         return FORMAT_TARDIS_CSV
+    if _TARDIS_LINE.match(first_line):
+        return FORMAT_TARDIS_LINES
     if stripped[:1].isascii() and stripped[:1].isdigit():
         return FORMAT_BINANCE_CSV
     return FORMAT_JSONL
@@ -90,9 +107,10 @@ def iter_chunks(path: str, chunk_size: int) -> Iterator[tuple[Any, int]]:
     if sniff_format(path) == FORMAT_TARDIS_CSV:
         import pyarrow as pa
 
+        rows = CsvRows()
         try:
             for columns in iter_tardis_columns(path):
-                yield columns, columns.num_rows
+                yield with_synthetic_ids(columns, rows), columns.num_rows
                 done += columns.num_rows
             return
         except (pa.ArrowInvalid, UnicodeDecodeError):
@@ -110,55 +128,37 @@ def iter_chunks(path: str, chunk_size: int) -> Iterator[tuple[Any, int]]:
         yield chunk, len(chunk)
 
 
-def _number(text: str) -> Any:
-    """A CSV cell as a float, or the text itself if it is not a number (the parser rejects it)."""
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _us(text: str, unit_us: int = 1) -> Any:
-    try:
-        return int(text) * unit_us
-    except ValueError:
-        return text
-
-
-def _tardis_rows(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+def _tardis_rows(lines: Iterator[str], rows: CsvRows) -> Iterator[dict[str, Any]]:
     for row in csv.reader(lines):
-        if not row:
-            continue
-        if len(row) != len(TARDIS_HEADER):
-            yield {"_raw": ",".join(row), "_error": f"expected {len(TARDIS_HEADER)} columns, got {len(row)}"}
-            continue
-        yield tardis_tick(row)
+        if row:
+            yield rows.tardis(row, ",".join(row))
 
 
-def tardis_tick(row: list[str]) -> dict[str, Any]:
-    """One Tardis trades CSV row (cells as read) as a wire-format tick dict."""
-    exchange, native, ts, local_ts, trade_id, side, price, amount = row
-    tick = make_tick(exchange, to_user_symbol(native), native, trade_id, 0.0, 0.0, side, 0, 0)
-    tick.update(price=_number(price), amount=_number(amount), timestamp=_us(ts),
-                localTimestamp=_us(local_ts))
-    return tick
-
-
-def _binance_rows(lines: Iterator[str], native: str) -> Iterator[dict[str, Any]]:
-    symbol = to_user_symbol(native)
+def _binance_rows(lines: Iterator[str], native: str, rows: CsvRows) -> Iterator[dict[str, Any]]:
     for row in csv.reader(lines):
-        if not row:
-            continue
-        if len(row) < 6:
-            yield {"_raw": ",".join(row), "_error": f"expected 7 columns, got {len(row)}"}
-            continue
-        trade_id, price, qty, _quote_qty, time_raw, buyer_is_maker = row[:6]
-        # Binance files switched from ms to µs times in 2025: 16 digits means µs already.
-        ts = _us(time_raw, 1 if len(time_raw.strip()) >= 16 else 1000)
-        side = "sell" if buyer_is_maker.strip().lower() == "true" else "buy"
-        tick = make_tick("binance", symbol, native, trade_id, 0.0, 0.0, side, 0, 0)
-        tick.update(price=_number(price), amount=_number(qty), timestamp=ts, localTimestamp=ts)
-        yield tick
+        if row:
+            yield rows.binance(row, native, ",".join(row))
+
+
+def with_synthetic_ids(columns: Any, rows: CsvRows) -> Any:
+    """A Tardis column chunk whose empty ids got the ids ``CsvRows.tardis`` would give (the
+    file's ``rows`` count identical trades in file order, as the workers do)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = columns.column("id")
+    missing = pc.equal(ids, "").fill_null(True)
+    if not pc.any(missing).as_py():
+        return columns
+    cells = {name: columns.column(name).to_pylist() for name in
+             ("exchange", "symbol", "timestamp", "side", "price", "amount")}
+    filled = ids.to_pylist()
+    for i in pc.indices_nonzero(missing).to_pylist():
+        made = synthetic_id(rows, cells["exchange"][i] or "", cells["symbol"][i] or "",
+                            cells["timestamp"][i] or "", cells["price"][i] or "",
+                            cells["amount"][i] or "", cells["side"][i] or "")
+        filled[i] = made or ""
+    return columns.set_column(columns.schema.get_field_index("id"), "id", pa.array(filled, pa.string()))
 
 
 def iter_records(path: str) -> Iterator[dict[str, Any] | bytes]:
@@ -180,11 +180,11 @@ def iter_records(path: str) -> Iterator[dict[str, Any] | bytes]:
             return
         file_format = detect_format(first)
         if file_format == FORMAT_TARDIS_CSV:
-            yield from _tardis_rows(_lines(handle))
+            yield from _tardis_rows(_lines(handle), CsvRows())
         else:
             match = _BINANCE_NAME.search(os.path.basename(path))
             native = match.group("symbol").upper() if match else "UNKNOWN"
-            yield from _binance_rows(iter([first] + list(_lines(handle))), native)
+            yield from _binance_rows(itertools.chain([first], _lines(handle)), native, CsvRows())
 
 
 def _lines(handle: IO[str]) -> Iterator[str]:
@@ -205,6 +205,62 @@ def iter_ticks(path: str) -> Iterator[dict[str, Any]]:
             raise ValueError(f"{path}: {record['_error']}: {record['_raw'][:120]!r}")
         else:
             yield record
+
+
+def _byte_lines(path: str) -> Iterator[bytes]:
+    with open_binary(path) as handle:
+        yield from handle
+
+
+def _decoded(line: bytes) -> str | None:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def iter_file_items(path: str, make_stream: "Callable[[], FrameStream] | None" = None) -> Iterator["SourceItem"]:
+    """The ingest workers' reader: every record and marker of a file. A recorded session of venue
+    frames is read by the ``FrameStream`` of its feed, which ``make_stream`` builds."""
+    from ingest.streams import line_items
+
+    lines = _byte_lines(path)
+    first = next(lines, None)
+    if first is None:
+        return
+    file_format = detect_format(first.decode("utf-8", "replace"))
+    if file_format == FORMAT_TARDIS_LINES:
+        if make_stream is None:
+            raise ValueError(f"{path}: recorded venue frames: say --exchange and --symbol")
+        stream = make_stream()
+        for line in _chain(first, lines):
+            yield from line_items(stream, line)
+        return
+    rows = CsvRows()
+    native = ""
+    if file_format == FORMAT_BINANCE_CSV:
+        match = _BINANCE_NAME.search(os.path.basename(path))
+        native = match.group("symbol").upper() if match else "UNKNOWN"
+    for number_, line in enumerate(_chain(first, lines), start=1):
+        if file_format == FORMAT_TARDIS_CSV and number_ == 1:
+            continue
+        text = _decoded(line)
+        body = (text or "").rstrip("\n")
+        if text is None:
+            yield make_error_record(ERROR_SYMBOL, f"line {number_} is not UTF-8 text", line.rstrip(b"\n"),
+                                    time.time_ns() // 1_000)
+        elif file_format == FORMAT_JSONL:
+            if body.strip():
+                yield from jsonl_items(body)
+        else:
+            row = split_csv_line(body)
+            if row:
+                yield rows.tardis(row, body) if file_format == FORMAT_TARDIS_CSV else rows.binance(row, native, body)
+
+
+def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
 
 
 def write_tardis_csv(ticks: Iterator[dict[str, Any]], path: str) -> int:

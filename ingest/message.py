@@ -6,12 +6,19 @@ names in ``ingest/nodejs/src/message.js``) and the pipeline's parser cannot drif
 Data is UTF-8 JSON: one tick object, or a batch ``{"ticks": [tick, ...]}``. A batch may also carry
 ``"disconnects": [{"exchange", "symbol", "timestamp"}]`` - moments where the worker lost or
 re-established its feed, so candles spanning them are flagged ``is_partial``.
-Tick fields use Tardis.dev's normalized ``trade`` names.
+Tick fields use Tardis.dev's normalized ``trade`` names; ``amount`` is always the BASE quantity, and
+ticks of derivatives also carry ``instrumentKind`` (linear/inverse) and ``venueAmount`` (the venue's
+own quantity: contracts, or USD for Deribit's inverse instruments).
+
+A venue message a worker cannot read travels as an ERROR RECORD in the tick list,
+``{"exchange", "symbol": "*", "_error": reason, "_raw": the message (cut), "localTimestamp"}``:
+the pipeline dead-letters every record that carries ``_error``, so nothing vanishes silently.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
 from datetime import datetime, timezone
@@ -28,6 +35,8 @@ ATTR_BAD_EVENT_TIME = "mds_bad_ts"
 # The latest event time ``ts`` may carry: 9999-12-31T23:59:59.999Z, RFC 3339's last instant.
 EVENT_TIME_MAX_MS = 253_402_300_799_999
 _CANONICAL_EVENT_TIME = re.compile(r"(0|[1-9][0-9]{0,14})")
+_ASCII_INTEGER = re.compile(r"-?[0-9]+")
+_CANONICAL_FRACTION = re.compile(r"\.[0-9]{6}Z")
 
 # Tick fields.
 FIELD_EXCHANGE = "exchange"
@@ -42,14 +51,28 @@ FIELD_LOCAL_TIMESTAMP = "localTimestamp"
 REQUIRED_FIELDS = (FIELD_EXCHANGE, FIELD_SYMBOL, FIELD_ID, FIELD_PRICE, FIELD_AMOUNT, FIELD_TIMESTAMP)
 SIDES = ("buy", "sell", "unknown")
 
+FIELD_INSTRUMENT_KIND = "instrumentKind"
+FIELD_VENUE_AMOUNT = "venueAmount"
+FIELD_ERROR = "_error"
+FIELD_RAW = "_raw"
+ERROR_SYMBOL = "*"  # error records belong to the feed, not to one symbol
+RAW_CHARS = 1000  # an error record keeps the first RAW_CHARS characters of what it could not read
+
 BATCH_KEY = "ticks"
 DISCONNECTS_KEY = "disconnects"
+
+
+_SECOND_STAMPS: dict[int, str] = {}  # epoch second → "YYYY-MM-DDTHH:MM:SS": ticks come in bursts
 
 
 def iso_from_us(ts_us: int) -> str:
     """ISO-8601 UTC with microseconds, the form Tardis uses for timestamps."""
     seconds, micros = divmod(int(ts_us), 1_000_000)
-    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    stamp = _SECOND_STAMPS.get(seconds)
+    if stamp is None:
+        if len(_SECOND_STAMPS) >= 256:
+            _SECOND_STAMPS.clear()
+        stamp = _SECOND_STAMPS[seconds] = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{stamp}.{micros:06d}Z"
 
 
@@ -83,9 +106,10 @@ def guard_event_time(attributes: Mapping[str, str], publish_time_ms: int | None 
 
 
 def make_tick(exchange: str, symbol: str, native_symbol: str, trade_id: str, price: float,
-              amount: float, side: str, ts_us: int, local_ts_us: int) -> dict[str, Any]:
-    """A tick dict in the wire format."""
-    return {
+              amount: float, side: str, ts_us: int, local_ts_us: int, kind: str = "spot",
+              venue_amount: float | None = None) -> dict[str, Any]:
+    """A tick dict in the wire format (field order is part of the bytes)."""
+    tick = {
         FIELD_EXCHANGE: exchange,
         FIELD_SYMBOL: symbol,
         FIELD_NATIVE_SYMBOL: native_symbol,
@@ -96,6 +120,77 @@ def make_tick(exchange: str, symbol: str, native_symbol: str, trade_id: str, pri
         FIELD_TIMESTAMP: iso_from_us(ts_us),
         FIELD_LOCAL_TIMESTAMP: iso_from_us(local_ts_us),
     }
+    if kind != "spot":
+        tick[FIELD_INSTRUMENT_KIND] = kind
+        tick[FIELD_VENUE_AMOUNT] = amount if venue_amount is None else venue_amount
+    return tick
+
+
+def raw_text(raw: str | bytes) -> str:
+    """What an error record keeps of an unreadable input: its first RAW_CHARS characters, or for
+    bytes that are not UTF-8 text, ``base64:`` and the first RAW_CHARS * 3 // 4 bytes."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            import base64
+
+            return "base64:" + base64.b64encode(raw[:RAW_CHARS * 3 // 4]).decode("ascii")
+    return raw[:RAW_CHARS]
+
+
+def make_error_record(exchange: str, reason: str, raw: str | bytes, local_ts_us: int) -> dict[str, Any]:
+    """An input the worker could not turn into a tick, as the pipeline dead-letters it."""
+    return {FIELD_EXCHANGE: exchange, FIELD_SYMBOL: ERROR_SYMBOL, FIELD_ERROR: reason,
+            FIELD_RAW: raw_text(raw), FIELD_LOCAL_TIMESTAMP: iso_from_us(local_ts_us)}
+
+
+def serialize(record: Any) -> str:
+    """A record's JSON text exactly as every worker writes it (ASCII: non-ASCII as \\uXXXX)."""
+    return json.dumps(record, separators=(",", ":"))
+
+
+def record_time_us(record: Mapping[str, Any]) -> int | None:
+    """The event time a record contributes to its message's ``ts``: its timestamp, else (an error
+    record) its local timestamp; None when neither is readable or within ``ts``'s range."""
+    for key in (FIELD_TIMESTAMP, FIELD_LOCAL_TIMESTAMP):
+        if key in record:
+            try:
+                us = parse_time_us(record[key])
+            except (ValueError, TypeError, OverflowError):
+                return None
+            return us if 0 <= us <= EVENT_TIME_MAX_MS * 1_000 else None
+    return None
+
+
+def assemble(parts: Sequence[str], marker_parts: Sequence[str]) -> str:
+    """Message data from serialized records and markers: a lone record goes bare."""
+    if len(parts) == 1 and not marker_parts:
+        return parts[0]
+    text = '{"' + BATCH_KEY + '":[' + ",".join(parts) + "]"
+    if marker_parts:
+        text += ',"' + DISCONNECTS_KEY + '":[' + ",".join(marker_parts) + "]"
+    return text + "}"
+
+
+def message_attributes(data: bytes, exchange: str, symbol: str, records: int, single_id: str | None,
+                       times_us: Iterable[int | None]) -> dict[str, str]:
+    """Attributes of a message. ``ts`` is the earliest readable time (a canonical integer of ms
+    within EVENT_TIME_MAX_MS, see event_time_ms); when nothing in the message has one, the time
+    it is sent."""
+    known = [us for us in times_us if us is not None]
+    earliest_ms = min(known) // 1_000 if known else int(time.time() * 1000)
+    return {
+        ATTR_EVENT_TIME: str(earliest_ms),
+        ATTR_EXCHANGE: exchange,
+        ATTR_SYMBOL: symbol,
+        ATTR_DEDUP_ID: f"{exchange}:{symbol}:{single_id}" if single_id is not None
+        else "batch:" + hashlib.sha1(data).hexdigest(),
+        ATTR_COUNT: str(records),
+    }
+
+
+_last_prefix: list = [None, 0]  # ("YYYY-MM-DDTHH:MM:SS", its µs) of the last canonical time parsed
 
 
 def parse_time_us(value: Any) -> int:
@@ -116,10 +211,12 @@ def parse_time_us(value: Any) -> int:
             return int(round(number * 1_000))
         if magnitude < 1e17:
             return int(number)
-        return int(number // 1_000)
+        return math.floor(number / 1_000)
     if isinstance(value, str):
+        if len(value) == 27 and value[:19] == _last_prefix[0] and _CANONICAL_FRACTION.fullmatch(value, 19):
+            return _last_prefix[1] + int(value[20:26])  # the canonical form, same second as before
         text = value.strip()
-        if text.lstrip("-").isdigit():
+        if _ASCII_INTEGER.fullmatch(text):
             return parse_time_us(int(text))
         if text.endswith("Z"):
             text = text[:-1] + "+00:00"
@@ -130,7 +227,10 @@ def parse_time_us(value: Any) -> int:
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
         delta = parsed - datetime(1970, 1, 1, tzinfo=timezone.utc)
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        us = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        if len(value) == 27 and _CANONICAL_FRACTION.fullmatch(value, 19):
+            _last_prefix[:] = value[:19], us - us % 1_000_000
+        return us
     raise ValueError(f"timestamp has unsupported type {type(value).__name__}")
 
 
@@ -145,26 +245,10 @@ def encode_message(ticks: Sequence[Mapping[str, Any]],
     disconnects = list(disconnects)
     if not ticks and not disconnects:
         raise ValueError("a message needs at least one tick or disconnect marker")
-    if len(ticks) == 1 and not disconnects:
-        payload: Any = dict(ticks[0])
-    else:
-        payload = {BATCH_KEY: list(ticks)}
-        if disconnects:
-            payload[DISCONNECTS_KEY] = disconnects
-    data = json.dumps(payload, separators=(",", ":")).encode("utf-8")
-    times = [parse_time_us(t[FIELD_TIMESTAMP]) for t in ticks]
-    times += [parse_time_us(d[FIELD_TIMESTAMP]) for d in disconnects]
+    data = assemble([serialize(t) for t in ticks], [serialize(d) for d in disconnects]).encode("utf-8")
     first = ticks[0] if ticks else disconnects[0]
-    exchange, symbol = str(first[FIELD_EXCHANGE]), str(first[FIELD_SYMBOL])
-    if len(ticks) == 1 and not disconnects:
-        dedup_id = f"{exchange}:{symbol}:{ticks[0][FIELD_ID]}"
-    else:
-        dedup_id = "batch:" + hashlib.sha1(data).hexdigest()
-    attributes = {
-        ATTR_EVENT_TIME: str(min(times) // 1_000),
-        ATTR_EXCHANGE: exchange,
-        ATTR_SYMBOL: symbol,
-        ATTR_DEDUP_ID: dedup_id,
-        ATTR_COUNT: str(len(ticks)),
-    }
+    single = len(ticks) == 1 and not disconnects
+    attributes = message_attributes(data, str(first[FIELD_EXCHANGE]), str(first[FIELD_SYMBOL]), len(ticks),
+                                    str(ticks[0].get(FIELD_ID)) if single else None,
+                                    [record_time_us(r) for r in [*ticks, *disconnects]])
     return data, attributes

@@ -1,8 +1,9 @@
 """Ticks → Pub/Sub: batched per (exchange, symbol), bounded in memory, retried, accounted for.
 
 Two levels of batching, for two different costs:
-- ticks per MESSAGE (``batch_size`` ticks or ``batch_latency_ms``, whichever first): the Beam job
-  pays per element, and the DirectRunner pulls only 10 messages per bundle;
+- ticks per MESSAGE (``batch_size`` ticks, ``batch_latency_ms``, or before the data would exceed
+  ``max_message_bytes``, whichever first): the Beam job pays per element, and the DirectRunner
+  pulls only 10 messages per bundle;
 - messages per PUBLISH REQUEST (the client's BatchSettings): Pub/Sub bills at least 1000 bytes
   per request.
 
@@ -15,39 +16,31 @@ unconfirmed tick is counted as not published and ``gave_up`` tells the worker to
 may thus reach Pub/Sub twice (a confirmation lost in an outage); the pipeline drops duplicate
 trade ids.
 
-Cost estimate. Pub/Sub throughput (publish and each delivery) is $40 per TiB after the first
-10 GiB a month; a message's billable size is its data + attribute keys and values + 20 bytes of
-timestamp + its message_id; at least 1000 bytes are billed per publish/pull request
-(https://cloud.google.com/pubsub/pricing). We bill every message as if it were its own request
-(max(size, 1000)), an upper bound, and ignore the free tier.
+The Pub/Sub client, the file sink and the cost accounting: ``ingest.clients``.
 """
 from __future__ import annotations
 
 import functools
 import logging
-import sys
 import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from google.api_core import exceptions as api_exceptions
 from google.api_core.retry import Retry, if_exception_type
 
-from ingest.message import (FIELD_AMOUNT, FIELD_EXCHANGE, FIELD_PRICE, FIELD_SYMBOL, FIELD_TIMESTAMP,
-                            encode_message, parse_time_us)
-from ingest.normalizers import Tick
-from ingest.sources import Disconnect, SourceItem
+from ingest.clients import PublishStats, billable_bytes, make_publisher_client
+from ingest.console import Console
+from ingest.message import (ERROR_SYMBOL, FIELD_ERROR, FIELD_EXCHANGE, FIELD_ID, FIELD_RAW, FIELD_SYMBOL, assemble,
+                            make_error_record, message_attributes, record_time_us, serialize)
+from ingest.streams import Disconnect, SourceItem
+
+Record = dict[str, Any]
 
 logger = logging.getLogger(__name__)
 
-PRICE_PER_TIB_USD = 40.0
-MIN_BILLABLE_BYTES_PER_REQUEST = 1000
-TIMESTAMP_BYTES = 20
-MESSAGE_ID_BYTES = 16  # emulator and service ids are ~16 decimal digits
-TIB = 2 ** 40
 
 # Transient failures worth retrying; anything else (permissions, missing topic) fails fast.
 TRANSIENT_ERRORS = (api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded,
@@ -61,76 +54,27 @@ REPUBLISH_BACKOFF_S = (1.0, 15.0)  # first and longest wait before a failed batc
 FAILURE_LOG_INTERVAL_S = 5.0
 
 
-DEFAULT_MAX_MESSAGES_IN_FLIGHT = 1_000
-DEFAULT_MAX_BYTES_IN_FLIGHT = 100 * 2 ** 20
-
-
-def make_publisher_client(max_messages_in_flight: int = DEFAULT_MAX_MESSAGES_IN_FLIGHT,
-                          max_bytes_in_flight: int = DEFAULT_MAX_BYTES_IN_FLIGHT) -> Any:
-    """A PublisherClient that batches requests and BLOCKS the caller when too much is in flight,
-    so a fast source (a file at speed 0) cannot grow memory without bound.
-
-    Honours PUBSUB_EMULATOR_HOST (the client library reads it).
-    """
-    from google.cloud import pubsub_v1
-
-    return pubsub_v1.PublisherClient(
-        batch_settings=pubsub_v1.types.BatchSettings(max_messages=100, max_bytes=5_000_000, max_latency=0.05),
-        publisher_options=pubsub_v1.types.PublisherOptions(
-            flow_control=pubsub_v1.types.PublishFlowControl(
-                message_limit=max_messages_in_flight, byte_limit=max_bytes_in_flight,
-                limit_exceeded_behavior=pubsub_v1.types.LimitExceededBehavior.BLOCK)))
-
-
-def billable_bytes(data: bytes, attributes: dict[str, str]) -> int:
-    size = len(data) + sum(len(k) + len(v) for k, v in attributes.items()) + TIMESTAMP_BYTES + MESSAGE_ID_BYTES
-    return max(size, MIN_BILLABLE_BYTES_PER_REQUEST)
-
-
-@dataclass
-class PublishStats:
-    """Every tick received ends up published or not published: received = ticks + failed_ticks."""
-
-    received: int = 0  # ticks handed to the publisher
-    ticks: int = 0
-    messages: int = 0
-    bytes: int = 0
-    billable_bytes: int = 0
-    disconnects: int = 0
-    republished: int = 0  # sends of a message again after Pub/Sub failed it
-    failed_messages: int = 0  # never confirmed by Pub/Sub: refused for good, or given up
-    failed_ticks: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def elapsed(self) -> float:
-        return max(time.monotonic() - self.started, 1e-9)
-
-    @property
-    def ticks_per_second(self) -> float:
-        return self.ticks / self.elapsed
-
-    @property
-    def publish_cost_usd(self) -> float:
-        """Upper-bound cost of publishing; each subscription's delivery costs the same again."""
-        return self.billable_bytes / TIB * PRICE_PER_TIB_USD
-
-    def summary(self) -> str:
-        return (f"published {self.ticks:,} ticks in {self.messages:,} messages "
-                f"({self.bytes / 1e6:.2f} MB) in {self.elapsed:.1f}s = {self.ticks_per_second:,.0f} ticks/s; "
-                f"disconnect markers {self.disconnects}; re-published {self.republished}; "
-                f"not published {self.failed_messages} messages ({self.failed_ticks} ticks) "
-                f"of {self.received:,} ticks received; "
-                f"est. Pub/Sub cost ${self.publish_cost_usd:.6f} publish "
-                f"+ ${self.publish_cost_usd:.6f} per subscription (${PRICE_PER_TIB_USD:.0f}/TiB, "
-                f"≥{MIN_BILLABLE_BYTES_PER_REQUEST} B/request)")
+# Data bytes per message: far under Pub/Sub's 10 MB, and a pull of 10 such messages stays under the
+# 10 MB a local read accepts. The Node.js worker has the same flag and default.
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
+MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES = 10_000, 9_000_000
+ERRORS_LOGGED = 20  # error records logged one by one; after that, every 1000th
+_BATCH_OVERHEAD = len('{"ticks":[]}') + len(',"disconnects":[]')
 
 
 @dataclass
 class _PendingBatch:
-    ticks: list[Tick] = field(default_factory=list)
-    disconnects: list[dict[str, Any]] = field(default_factory=list)
+    """Records and markers serialized as they arrive, so a message's size is known exactly."""
+
+    parts: list[str] = field(default_factory=list)
+    markers: list[str] = field(default_factory=list)
+    times_us: list[int | None] = field(default_factory=list)
+    size: int = _BATCH_OVERHEAD  # bytes of the message if sent now (batch form, an upper bound)
+    single_id: str | None = None  # the id of the first record, for a message of one tick
     opened: float = field(default_factory=time.monotonic)
+
+    def fits(self, part: str, limit: int) -> bool:
+        return not self.parts and not self.markers or self.size + len(part) + 1 <= limit
 
 
 @dataclass(eq=False)
@@ -155,9 +99,12 @@ class TickPublisher:
     def __init__(self, topic_path: str, *, client: Any = None, batch_size: int = 500,
                  batch_latency_ms: int = 200, quiet: bool = False, out: TextIO | None = None,
                  status_interval_s: float = 1.0,
-                 publish_timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S) -> None:
+                 publish_timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, console: Console | None = None) -> None:
         if batch_size < 1:
             raise ValueError("batch size must be at least 1 tick")
+        if not MIN_MESSAGE_BYTES <= max_message_bytes <= MAX_MESSAGE_BYTES:
+            raise ValueError(f"max message bytes must be in [{MIN_MESSAGE_BYTES}, {MAX_MESSAGE_BYTES}]")
         if batch_latency_ms < 0:
             raise ValueError("batch latency must be >= 0 ms")
         if publish_timeout_s <= 0:
@@ -166,10 +113,9 @@ class TickPublisher:
         self.client = client if client is not None else make_publisher_client()
         self.batch_size = batch_size
         self.batch_latency_s = batch_latency_ms / 1000.0
-        self.quiet = quiet
-        self.out = out  # None: whatever sys.stdout is when a line is printed
-        self.status_interval_s = status_interval_s
+        self.console = console or Console(quiet, out, status_interval_s)
         self.publish_timeout_s = publish_timeout_s
+        self.max_message_bytes = max_message_bytes
         # One client attempt never outlasts the whole budget.
         self._client_retry = PUBLISH_RETRY.with_timeout(min(CLIENT_RETRY_TIMEOUT_S, publish_timeout_s))
         self.stats = PublishStats()
@@ -179,25 +125,55 @@ class TickPublisher:
         self._topic_confirmed = False  # the topic accepted a message: a later NotFound is transient
         self._lock = threading.Condition()  # guards _unconfirmed, _topic_confirmed, gave_up, stats
         self._failing_since: float | None = None  # first failure since the last success
-        self._last_failure_log = 0.0
-        self._last_status = 0.0
-        self._volume_since_status = 0.0
 
     def add(self, item: SourceItem) -> None:
+        """Batch a record or a marker. A marker goes out at once, so the pipeline learns of a gap
+        without waiting for the batch; a record that would push its batch past the byte limit
+        sends the batch first."""
         if isinstance(item, Disconnect):
-            self._batch_for(item.exchange, item.symbol).disconnects.append(item.as_marker())
+            key = (item.exchange, item.symbol)
+            marker = serialize(item.as_marker())
+            batch = self._batch_for(key)
+            if not batch.fits(marker, self.max_message_bytes):
+                self._publish(key)
+                batch = self._batch_for(key)
+            batch.markers.append(marker)
+            batch.times_us.append(item.ts_us)
+            batch.size += len(marker) + 1
             self.stats.disconnects += 1
+            self.console.disconnect(item.exchange, item.symbol, item.ts_us)
+            self._publish(key)
             return
-        batch = self._batch_for(item[FIELD_EXCHANGE], item[FIELD_SYMBOL])
-        batch.ticks.append(item)
         self.stats.received += 1
-        self._print_status(item)
-        if len(batch.ticks) >= self.batch_size:
-            self._publish((item[FIELD_EXCHANGE], item[FIELD_SYMBOL]))
+        self.console.record(item)
+        part = serialize(item)
+        if len(part) + _BATCH_OVERHEAD > self.max_message_bytes:
+            self.stats.oversized += 1
+            item = make_error_record(_text(item.get(FIELD_EXCHANGE)), f"record of {len(part)} bytes is larger than "
+                                     f"--max-message-bytes {self.max_message_bytes}", part, time.time_ns() // 1_000)
+            part = serialize(item)
+        if FIELD_ERROR in item:
+            self.stats.errors += 1
+            if self.stats.errors <= ERRORS_LOGGED or self.stats.errors % 1000 == 0:
+                logger.warning("error record %d (dead-lettered by the pipeline): %s | %s", self.stats.errors,
+                               item[FIELD_ERROR], str(item.get(FIELD_RAW, ""))[:200])
+        key = (_text(item.get(FIELD_EXCHANGE)), _text(item.get(FIELD_SYMBOL)))
+        batch = self._batch_for(key)
+        if not batch.fits(part, self.max_message_bytes):
+            self._publish(key)
+            batch = self._batch_for(key)
+        if not batch.parts:
+            batch.single_id = _single_id(item)
+        batch.parts.append(part)
+        batch.times_us.append(record_time_us(item))
+        batch.size += len(part) + 1
+        if len(batch.parts) >= self.batch_size:
+            self._publish(key)
 
     def flush_due(self) -> None:
         """Publish every batch older than the latency budget, send again the failed messages
         whose wait is over, and give up if one has gone unconfirmed too long."""
+        self.console.tick_clock()
         now = time.monotonic()
         for key in [k for k, batch in self._pending.items() if now - batch.opened >= self.batch_latency_s]:
             self._publish(key)
@@ -227,8 +203,7 @@ class TickPublisher:
         self.client.stop()
         return self.stats
 
-    def _batch_for(self, exchange: str, symbol: str) -> _PendingBatch:
-        key = (exchange, symbol)
+    def _batch_for(self, key: tuple[str, str]) -> _PendingBatch:
         batch = self._pending.get(key)
         if batch is None:
             batch = self._pending[key] = _PendingBatch()
@@ -236,10 +211,12 @@ class TickPublisher:
 
     def _publish(self, key: tuple[str, str]) -> None:
         batch = self._pending.pop(key, None)
-        if batch is None or (not batch.ticks and not batch.disconnects):
+        if batch is None or (not batch.parts and not batch.markers):
             return
-        data, attributes = encode_message(batch.ticks, batch.disconnects)
-        outgoing = _Outgoing(data, attributes, len(batch.ticks), first_sent=time.monotonic())
+        data = assemble(batch.parts, batch.markers).encode("ascii")
+        single = batch.single_id if len(batch.parts) == 1 and not batch.markers else None
+        attributes = message_attributes(data, key[0], key[1], len(batch.parts), single, batch.times_us)
+        outgoing = _Outgoing(data, attributes, len(batch.parts), first_sent=time.monotonic())
         with self._lock:
             self._unconfirmed.add(outgoing)
         self._send(outgoing)
@@ -325,9 +302,9 @@ class TickPublisher:
     def _abandon_pending(self) -> None:
         """After giving up: batches not sent yet are counted as not published, not sent."""
         for batch in self._pending.values():
-            if batch.ticks or batch.disconnects:
+            if batch.parts or batch.markers:
                 self.stats.failed_messages += 1
-                self.stats.failed_ticks += len(batch.ticks)
+                self.stats.failed_ticks += len(batch.parts)
         self._pending.clear()
 
     def _abandon_unconfirmed(self) -> None:
@@ -340,20 +317,15 @@ class TickPublisher:
         self.stats.failed_messages += 1
         self.stats.failed_ticks += outgoing.ticks
 
-    def _print_status(self, tick: Tick) -> None:
-        """The seed-style one-liner, at most once per status interval."""
-        amount = tick[FIELD_AMOUNT]
-        self._volume_since_status += amount if isinstance(amount, (int, float)) else 0.0
-        now = time.monotonic()
-        if self.quiet or now - self._last_status < self.status_interval_s:
-            return
-        rate = self.stats.received / self.stats.elapsed
-        try:
-            clock = datetime.fromtimestamp(parse_time_us(tick[FIELD_TIMESTAMP]) / 1e6, tz=timezone.utc).strftime("%H:%M:%S")
-        except ValueError:
-            clock = "??:??:??"
-        price = tick[FIELD_PRICE]
-        price_text = f"${price:.2f}" if isinstance(price, (int, float)) else f"${price}"
-        print(f"🟢 {clock} | {tick[FIELD_SYMBOL]} | {price_text} | Vol: {self._volume_since_status:.4f} | "
-              f"Ticks: {self.stats.received:,} ({rate:.1f}/s)", file=self.out or sys.stdout, flush=True)
-        self._last_status, self._volume_since_status = now, 0.0
+
+def _text(value: Any) -> str:
+    """A batch key part: the record's exchange/symbol when it is a string, else ``*``."""
+    return value if isinstance(value, str) else ERROR_SYMBOL
+
+
+def _single_id(record: Record) -> str | None:
+    """The dedup id part of a one-tick message: a string or integer id (never a bool)."""
+    value = record.get(FIELD_ID)
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return str(value)
+    return None

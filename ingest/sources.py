@@ -1,9 +1,8 @@
-"""Where ticks come from: a Tardis.dev replay, an exchange's live WebSocket, or a trades file.
+"""Where ticks come from: a Tardis.dev replay, an exchange's live WebSocket, or a file.
 
-Every source is an async iterator of ``Tick`` dicts (wire format) and ``Disconnect`` markers. A
-marker says "the feed for this exchange/symbol was interrupted at this moment"; the publisher
-ships it with the ticks (``disconnects`` in the message) so the pipeline flags candles spanning it
-``is_partial`` instead of presenting a hole as a quiet market.
+Every source is an async iterator of records (wire-format ticks, error records) and ``Disconnect``
+markers; frame sources go through ``ingest.streams.FrameStream`` so replay and live read, dedup and
+mark interruptions the same way. ``notify`` receives the console's 📡 lines.
 """
 from __future__ import annotations
 
@@ -11,96 +10,28 @@ import asyncio
 import json
 import logging
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+from urllib.parse import urlsplit
 
-from ingest.exchanges import ExchangeSpec
-from ingest.files import iter_ticks
-from ingest.message import (FIELD_EXCHANGE, FIELD_ID, FIELD_NATIVE_SYMBOL, FIELD_SYMBOL,
-                            FIELD_TIMESTAMP, iso_from_us, parse_time_us)
-from ingest.normalizers import Tick, normalize
+from ingest.files import iter_file_items
+from ingest.message import FIELD_TIMESTAMP, parse_time_us
+from ingest.streams import Disconnect, FrameStream, SourceItem, SourceStats, line_items
+from ingest.venues import Feed, Instrument
 
 logger = logging.getLogger(__name__)
-
-# Text frames some venues send as keep-alives (OKX answers "ping" with a bare "pong").
-HEARTBEAT_FRAMES = frozenset({"pong", "ping"})
-MALFORMED_SAMPLE_CHARS = 200
-
-
-@dataclass(frozen=True)
-class Disconnect:
-    """The feed of one exchange/symbol was interrupted (or resumed after an interruption) at ts_us."""
-
-    exchange: str
-    symbol: str
-    ts_us: int
-    reason: str = ""
-
-    def as_marker(self) -> dict[str, Any]:
-        """The ``disconnects`` entry of the wire format."""
-        return {FIELD_EXCHANGE: self.exchange, FIELD_SYMBOL: self.symbol,
-                FIELD_TIMESTAMP: iso_from_us(self.ts_us)}
-
-
-SourceItem = Union[Tick, Disconnect]
-
-
-@dataclass
-class SourceStats:
-    """What a source saw besides ticks: all of it is reported, none of it silently dropped."""
-
-    messages: int = 0
-    malformed: int = 0
-    duplicates: int = 0
-    disconnects: int = 0
-    reconnects: int = 0
-    malformed_reasons: list[str] = field(default_factory=list)
-
-    def record_malformed(self, source: str, reason: str, sample: Any) -> None:
-        self.malformed += 1
-        if len(self.malformed_reasons) < 20:
-            self.malformed_reasons.append(reason)
-        text = sample if isinstance(sample, str) else repr(sample)
-        logger.warning("%s: malformed message skipped (%d so far): %s | %s", source, self.malformed,
-                       reason, text[:MALFORMED_SAMPLE_CHARS])
+Notify = Callable[[str], None]
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+PING_INTERVAL_S = 20.0  # WebSocket ping frames on every connection; no pong in as long = reconnect
+PREFLIGHT_ATTEMPTS = 3
 
 
 def now_us() -> int:
     return time.time_ns() // 1_000
 
 
-def _disconnects(spec: ExchangeSpec, symbols: Sequence[str], ts_us: int, reason: str) -> list[Disconnect]:
-    return [Disconnect(spec.name, symbol, ts_us, reason) for symbol in symbols]
-
-
-class TickDeduplicator:
-    """Remembers the last ``capacity`` trade ids per exchange so a resent trade is published once.
-
-    Exchanges replay recent trades after a resubscribe (BitMEX's ``partial``, overlapping buffers);
-    memory stays bounded because the oldest ids are forgotten first.
-    """
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        if capacity <= 0:
-            raise ValueError("dedup capacity must be positive")
-        self.capacity = capacity
-        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-
-    def first_time(self, tick: Tick) -> bool:
-        key = (tick[FIELD_EXCHANGE], tick.get(FIELD_NATIVE_SYMBOL) or tick[FIELD_SYMBOL], tick[FIELD_ID])
-        if key in self._seen:
-            self._seen.move_to_end(key)
-            return False
-        self._seen[key] = None
-        if len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
-        return True
-
-
-def _decode_frame(frame: str | bytes) -> Any:
-    text = frame.decode("utf-8") if isinstance(frame, bytes) else frame
-    return json.loads(text)
+def _quiet(_: str) -> None:
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,51 +46,102 @@ def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-async def tardis_replay(spec: ExchangeSpec, symbols: Sequence[str], from_date: str, to_date: str,
-                        *, api_key: str = "", endpoint: str = "https://api.tardis.dev",
-                        cache_dir: str | None = None, stats: SourceStats | None = None,
-                        http_timeout: float = 60.0) -> AsyncIterator[SourceItem]:
+def tardis_endpoint(text: str) -> str:
+    """The API base URL both workers use, from --endpoint with or without ``/v1``; refuses anything
+    but https (or http to a loopback test server): the API key travels in a header."""
+    url = urlsplit(text.strip())
+    if url.scheme not in ("https", "http") or not url.hostname or url.query or url.fragment:
+        raise ValueError(f"--endpoint must be an https:// URL such as https://api.tardis.dev, got {text!r}")
+    if url.scheme == "http" and url.hostname not in LOOPBACK_HOSTS:
+        raise ValueError(f"--endpoint must use https:// (http:// only for a loopback test server), got {text!r}")
+    path = url.path.rstrip("/")
+    path = path[:-3] if path.endswith("/v1") else path
+    return f"{url.scheme}://{url.netloc}{path}"
+
+
+async def tardis_preflight(endpoint: str, feed: Feed, channel: str, api_key: str, timeout_s: float = 20.0,
+                           retry_s: float = 1.0) -> None:
+    """Ask ``/v1/exchanges/<id>`` first, so a wrong endpoint fails at once and loudly instead of
+    the client retrying every slice in silence; it also tells a channel Tardis does not have."""
+    import aiohttp
+
+    url = f"{endpoint}/v1/exchanges/{feed.tardis['exchange']}"
+    problem = ""
+    for attempt in range(1, PREFLIGHT_ATTEMPTS + 1):
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+                async with session.get(url) as response:
+                    body = await response.text(errors="replace")
+                    if response.status == 200:
+                        details = json.loads(body)
+                        channels = details.get("availableChannels") if isinstance(details, dict) else None
+                        if isinstance(channels, list) and channel not in channels:
+                            raise TardisReplayError(f"Tardis.dev has no channel {channel!r} for "
+                                                    f"{feed.tardis['exchange']} ({url})")
+                        return
+                    problem = f"HTTP {response.status}: {_redact(body[:200], api_key)}"
+                    if response.status < 500 and response.status != 429:
+                        break
+        except TardisReplayError:
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if attempt < PREFLIGHT_ATTEMPTS:
+            logger.warning("Tardis endpoint %s: %s; trying again (%d/%d)", url, problem, attempt, PREFLIGHT_ATTEMPTS)
+            await asyncio.sleep(retry_s * attempt)
+    raise TardisReplayError(f"Tardis endpoint {endpoint} does not answer {url} as Tardis.dev does ({problem})")
+
+
+class _RetriesAreWarnings(logging.Filter):
+    """tardis-client logs its slice retries at DEBUG; a retry must show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("_fetch_and_cache_slice error"):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            return True
+        return record.levelno >= logging.INFO
+
+
+def _show_tardis_retries() -> None:
+    client_logger = logging.getLogger("tardis_client.data_downloader")
+    if not any(isinstance(f, _RetriesAreWarnings) for f in client_logger.filters):
+        client_logger.addFilter(_RetriesAreWarnings())
+        client_logger.setLevel(logging.DEBUG)
+
+
+async def tardis_replay(feed: Feed, instruments: Sequence[Instrument], from_date: str, to_date: str, *,
+                        api_key: str = "", endpoint: str = "https://api.tardis.dev", cache_dir: str | None = None,
+                        stats: SourceStats | None = None, http_timeout: float = 60.0,
+                        preflight_retry_s: float = 1.0) -> AsyncIterator[SourceItem]:
     """Historical trades through the real ``tardis-client`` (one HTTP request per minute, cached).
 
-    An empty line in Tardis' data is a recorded disconnect of their collector; it becomes a
-    Disconnect marker at the last local timestamp seen. Lines are decoded here rather than by the
-    client so one bad line is counted and skipped instead of ending the replay.
+    ``from_date``/``to_date`` are naive UTC ISO times. Lines are decoded here rather than by the
+    client, so one bad line becomes an error record instead of ending the replay.
     """
     from tardis_client import Channel, TardisClient
 
-    stats = stats if stats is not None else SourceStats()
-    options: dict[str, Any] = {"endpoint": endpoint, "http_timeout": http_timeout}
-    if cache_dir:
-        options["cache_dir"] = cache_dir
-    client = TardisClient(**options)
-    # Set after construction: TardisClient logs its constructor arguments at DEBUG level.
-    client.api_key = api_key
-    natives = spec.native_symbols(symbols)
-    if spec.name.startswith("binance"):
-        natives = [native.lower() for native in natives]  # Tardis keys Binance streams in lower case
-    last_local_us = parse_time_us(from_date)
+    stream = FrameStream(feed, instruments, stats)
     try:
-        async for response in client.replay(exchange=spec.tardis_id, from_date=from_date, to_date=to_date,
-                                            filters=[Channel(spec.tardis_channel, list(natives))],
-                                            decode_response=False, with_disconnects=True):
-            if response is None:
-                stats.disconnects += 1
-                for marker in _disconnects(spec, symbols, last_local_us, "tardis: recorded disconnect"):
-                    yield marker
-                continue
-            stats.messages += 1
-            raw_local, raw_message = response.local_timestamp, response.message
-            try:
-                # 28-char stamps with 100 ns digits, e.g. 2019-08-01T08:52:00.0324272Z: keep µs.
-                last_local_us = parse_time_us(raw_local[:26].decode("ascii") + "Z")
-                ticks = normalize(spec.name, json.loads(raw_message), last_local_us)
-            except (ValueError, UnicodeDecodeError) as exc:  # MalformedMessage and JSON errors
-                stats.record_malformed(f"tardis {spec.tardis_id}", str(exc), raw_message[:MALFORMED_SAMPLE_CHARS])
-                continue
-            for tick in ticks:
-                yield tick
+        channel = feed.tardis_channel(from_date)
+        endpoint = tardis_endpoint(endpoint)
+        await tardis_preflight(endpoint, feed, channel, api_key, retry_s=preflight_retry_s)
+        _show_tardis_retries()
+        options: dict[str, Any] = {"endpoint": endpoint, "http_timeout": http_timeout}
+        if cache_dir:
+            options["cache_dir"] = cache_dir
+        client = TardisClient(**options)
+        client.api_key = api_key  # set after construction: the constructor logs its arguments
+        symbols = feed.tardis_symbols([i.native for i in instruments])
+        async for response in client.replay(exchange=feed.tardis["exchange"], from_date=from_date, to_date=to_date,
+                                            filters=[Channel(channel, symbols)], decode_response=False,
+                                            with_disconnects=True):
+            line = b"" if response is None else response.local_timestamp + b" " + response.message
+            for item in line_items(stream, line):
+                yield item
+    except TardisReplayError as exc:
+        raise TardisReplayError(_redact(str(exc), api_key)) from None
     except Exception as exc:
-        raise TardisReplayError(f"tardis replay of {spec.tardis_id} failed: "
+        raise TardisReplayError(f"tardis replay of {feed.tardis['exchange']} failed: "
                                 f"{type(exc).__name__}: {_redact(str(exc), api_key)}") from None
 
 
@@ -183,66 +165,97 @@ class Backoff:
         return min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
 
 
-async def live_trades(spec: ExchangeSpec, symbols: Sequence[str], *, url: str | None = None,
-                      backoff: Backoff = Backoff(), stats: SourceStats | None = None,
-                      dedup_capacity: int = 100_000, open_timeout: float = 10.0,
-                      give_up_after: int | None = None) -> AsyncIterator[SourceItem]:
+def _path(message: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        message = message.get(key) if isinstance(message, dict) else None
+    return message
+
+
+def keepalive_answer(keepalive: dict[str, Any], frame: str | bytes) -> str | None:
+    """The frame to send back when a venue asks for one (Deribit's test_request), else None."""
+    answer = keepalive.get("answer")
+    if not answer or not isinstance(frame, str) or not all(str(v) in frame for v in answer["when"].values()):
+        return None
+    try:
+        message = json.loads(frame)
+    except ValueError:
+        return None
+    return answer["send"] if all(_path(message, k) == v for k, v in answer["when"].items()) else None
+
+
+async def _keepalive(connection: Any, keepalive: dict[str, Any], last_rx: list[float], scale: float) -> None:
+    """Send the venue's keepalive text every ``every_s`` (after ``every_s`` of silence if idle_only)."""
+    every_s = float(keepalive["every_s"]) * scale
+    while True:
+        due = (last_rx[0] if keepalive.get("idle_only") else time.monotonic()) + every_s
+        await asyncio.sleep(max(due - time.monotonic(), 0.001))
+        if not keepalive.get("idle_only") or time.monotonic() - last_rx[0] >= every_s:
+            await connection.send(keepalive["send"])
+            if not keepalive.get("idle_only"):
+                continue
+            last_rx[0] = time.monotonic()  # wait a full interval for the answer before pinging again
+
+
+async def live_trades(feed: Feed, instruments: Sequence[Instrument], *, url: str | None = None,
+                      backoff: Backoff = Backoff(), stats: SourceStats | None = None, open_timeout: float = 10.0,
+                      give_up_after: int | None = None, notify: Notify = _quiet,
+                      keepalive_scale: float = 1.0) -> AsyncIterator[SourceItem]:
     """Trades straight from the exchange's public WebSocket, reconnecting forever.
 
-    On every lost connection: a Disconnect marker at the moment of loss, exponential backoff, then
-    reconnect, resubscribe, and a second marker when data flows again (the two bracket the outage).
-    Trades seen before (resent after a resubscribe) are skipped by trade id. ``give_up_after``
-    consecutive failures before the FIRST successful connection raise LiveUnavailable (so a caller
-    can fall back to replay); once connected the source never gives up on its own.
+    Subscribes per ``venues.json`` and keeps the connection alive as the venue documents it
+    (``keepalive_scale`` shortens the intervals in tests). A lost connection is marked at once;
+    the resume markers come with the first frame after the reconnect. ``give_up_after``
+    consecutive failures before the FIRST connection raise LiveUnavailable (so a caller can fall
+    back to replay); once connected the source never gives up on its own.
     """
     import websockets
     from websockets.exceptions import InvalidHandshake, WebSocketException
 
-    stats = stats if stats is not None else SourceStats()
-    url = url or spec.ws_url
-    natives = spec.native_symbols(symbols)
-    dedup = TickDeduplicator(dedup_capacity)
-    failures = 0
-    ever_connected = False
+    stream = FrameStream(feed, instruments, stats)
+    url = url or feed.ws_url
+    natives = [i.native for i in instruments]
+    failures, ever_connected, lost_at = 0, False, 0.0
     while True:
+        keeper = None
         try:
             async with websockets.connect(url, open_timeout=open_timeout, max_size=2 ** 24,
-                                          ping_interval=20, ping_timeout=20) as connection:
-                for frame in spec.subscribe(natives):
+                                          ping_interval=PING_INTERVAL_S * keepalive_scale,
+                                          ping_timeout=PING_INTERVAL_S * keepalive_scale) as connection:
+                for frame in [*feed.subscribe_frames(natives), *feed.keepalive.get("on_connect", [])]:
                     await connection.send(frame)
+                symbols = ",".join(i.symbol for i in instruments)
                 if ever_connected:
-                    stats.reconnects += 1
-                    logger.info("%s: reconnected to %s and resubscribed", spec.name, url)
-                    for marker in _disconnects(spec, symbols, now_us(), "live: reconnected"):
-                        yield marker
+                    notify(f"📡 reconnected to {url} after {time.monotonic() - lost_at:.1f}s; "
+                           f"resubscribed {feed.exchange} {symbols}")
+                else:
+                    notify(f"📡 connected to {url}: {feed.exchange} {symbols}")
                 ever_connected, failures = True, 0
+                last_rx = [time.monotonic()]
+                if feed.keepalive.get("send"):
+                    keeper = asyncio.create_task(_keepalive(connection, feed.keepalive, last_rx, keepalive_scale))
                 async for frame in connection:
-                    local_us = now_us()
-                    stats.messages += 1
-                    if isinstance(frame, str) and frame.strip() in HEARTBEAT_FRAMES:
-                        continue
-                    try:
-                        ticks = normalize(spec.name, _decode_frame(frame), local_us)
-                    except (ValueError, UnicodeDecodeError) as exc:  # MalformedMessage and JSON errors
-                        stats.record_malformed(f"live {spec.name}", str(exc), frame)
-                        continue
-                    for tick in ticks:
-                        if dedup.first_time(tick):
-                            yield tick
-                        else:
-                            stats.duplicates += 1
+                    last_rx[0] = time.monotonic()
+                    answer = keepalive_answer(feed.keepalive, frame)
+                    if answer is not None:
+                        await connection.send(answer)
+                    for item in stream.frame(frame, now_us()):
+                        yield item
                 reason = "server closed the connection"
         except (OSError, asyncio.TimeoutError, InvalidHandshake, WebSocketException) as exc:
             reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            if keeper is not None:
+                keeper.cancel()
         failures += 1
         if not ever_connected and give_up_after is not None and failures >= give_up_after:
-            raise LiveUnavailable(f"{spec.name}: could not connect to {url} after {failures} attempts ({reason})")
+            raise LiveUnavailable(f"{feed.exchange}: could not connect to {url} after {failures} attempts ({reason})")
         if ever_connected and failures == 1:
-            stats.disconnects += 1
-            for marker in _disconnects(spec, symbols, now_us(), f"live: {reason}"):
+            lost_at = time.monotonic()
+            for marker in stream.interrupted(now_us(), f"live: {reason}"):
                 yield marker
         delay = backoff.delay(failures)
-        logger.warning("%s: live feed lost (%s); reconnecting in %.1fs (attempt %d)", spec.name, reason, delay, failures)
+        logger.warning("%s: live feed lost (%s); reconnecting in %.1fs (attempt %d)", feed.exchange, reason, delay,
+                       failures)
         await asyncio.sleep(delay)
 
 
@@ -262,12 +275,22 @@ async def live_with_fallback(live: AsyncIterator[SourceItem],
 # Files, and pacing for any historical source
 
 
-async def file_ticks(path: str, stats: SourceStats | None = None) -> AsyncIterator[SourceItem]:
-    """Ticks of a JSONL(.gz), Tardis CSV(.gz) or Binance CSV file (ingest.files.iter_ticks)."""
+async def file_items(path: str, stats: SourceStats | None = None, feed: Feed | None = None,
+                     instruments: Sequence[Instrument] = ()) -> AsyncIterator[SourceItem]:
+    """Items of a trades file (``ingest.files.iter_file_items``): CSV and JSONL rows, or a
+    recorded session of venue frames in Tardis' line format (needs the feed)."""
     stats = stats if stats is not None else SourceStats()
-    for count, tick in enumerate(iter_ticks(path), start=1):
-        stats.messages += 1
-        yield tick
+    streams: list[FrameStream] = []
+
+    def make_stream() -> FrameStream:
+        streams.append(FrameStream(feed, instruments, stats))  # type: ignore[arg-type]
+        return streams[-1]
+
+    for count, item in enumerate(iter_file_items(path, make_stream if feed is not None else None), start=1):
+        if not streams and not isinstance(item, Disconnect):  # rows: one message each
+            stats.messages += 1
+            stats.count([item])
+        yield item
         if count % 2_000 == 0:
             await asyncio.sleep(0)  # let batch timers and signal handlers run
 
@@ -280,11 +303,15 @@ async def paced(source: AsyncIterator[SourceItem], speed: float,
     first_event_us: int | None = None
     started = time.monotonic()
     async for item in source:
-        if speed > 0 and not isinstance(item, Disconnect):
-            event_us = parse_time_us(item[FIELD_TIMESTAMP])
-            if first_event_us is None:
-                first_event_us, started = event_us, time.monotonic()
-            ahead = (event_us - first_event_us) / 1e6 / speed - (time.monotonic() - started)
-            if ahead > 0:
-                await sleep(ahead)
+        if speed > 0 and not isinstance(item, Disconnect) and FIELD_TIMESTAMP in item:
+            try:
+                event_us = parse_time_us(item[FIELD_TIMESTAMP])
+            except (ValueError, TypeError, OverflowError):
+                event_us = None  # unreadable times are the pipeline's to dead-letter
+            if event_us is not None:
+                if first_event_us is None:
+                    first_event_us, started = event_us, time.monotonic()
+                ahead = (event_us - first_event_us) / 1e6 / speed - (time.monotonic() - started)
+                if ahead > 0:
+                    await sleep(ahead)
         yield item

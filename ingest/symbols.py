@@ -1,45 +1,26 @@
-"""Symbols as users write them (BTC-USDT) versus each exchange's native form (BTCUSDT, BTC-USDT-SWAP).
+"""Symbols as users write them (BTC-USDT, BTC-USD-PERP) versus each venue's native form.
 
-Exchanges name the same market differently; rows keep both so a query by ``symbol`` works across
-venues while ``native_symbol`` still matches the exchange's own records.
+The mapping itself is the instrument table (``ingest/contract/instruments.csv``, read by
+``ingest.venues``); this module keeps the one-call form other packages use.
 """
 from __future__ import annotations
 
-# Longest first, so "USDT" wins over "USD" and "FDUSD" over "USD".
-_QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "EUR", "GBP", "JPY", "TRY", "BRL",
-           "BTC", "ETH", "BNB", "XBT", "DAI")
+from ingest.venues import load, split_native
 
 
-def to_user_symbol(native: str) -> str:
-    """BTCUSDT → BTC-USDT, BTC-USDT-SWAP → BTC-USDT, BTC_USDT → BTC-USDT, BTC-PERPETUAL → BTC-PERPETUAL.
-
-    Symbols that already carry a separator keep their first two parts; concatenated ones are split
-    at a known quote currency; anything else is returned upper-cased, unchanged.
-    """
-    text = native.strip().upper().replace("_", "-").replace("/", "-")
-    if "-" in text:
-        parts = text.split("-")
-        if parts[-1] in ("SWAP", "PERP") and len(parts) >= 3:
-            return f"{parts[0]}-{parts[1]}"
-        return text
-    for quote in _QUOTES:
-        # A base of at least 3 letters: XBTUSD is XBT-USD, not XB-TUSD.
-        if text.endswith(quote) and len(text) - len(quote) >= 3:
-            return f"{text[:-len(quote)]}-{quote}"
-    return text
-
-
-def to_native_symbol(exchange: str, user_symbol: str) -> str:
-    """BTC-USDT → the form the exchange's public API expects for its trade stream."""
-    base, _, quote = user_symbol.upper().partition("-")
-    if not quote:
-        return user_symbol.upper()
-    if exchange in ("coinbase",):
-        return f"{base}-{quote}"
-    if exchange in ("okex", "okx"):
-        return f"{base}-{quote}"
-    if exchange in ("okex-swap", "okx-swap"):
-        return f"{base}-{quote}-SWAP"
-    if exchange == "deribit":
-        return f"{base}-PERPETUAL" if quote == "USD" else f"{base}_{quote}-PERPETUAL"
-    return f"{base}{quote}"
+def to_user_symbol(native: str, exchange: str | None = None) -> str:
+    """The user's symbol for a native one. With the exchange (our name, or Tardis.dev's dataset id
+    such as ``okex-swap``) the instrument table decides: XBTUSD on bitmex is BTC-USD-PERP. Without
+    it, or for a venue the table does not know, the generic split: BTCUSDT → BTC-USDT."""
+    if exchange is not None:
+        contract = load()
+        instrument = contract.instrument_for_tardis(exchange, native)
+        if instrument is None and exchange in contract.exchanges:
+            for feed in contract.feeds_of(exchange):
+                instrument = contract.instrument(feed, native)
+                if instrument is not None:
+                    break
+        if instrument is not None:
+            return instrument.symbol
+    base, quote, rest = split_native(native)
+    return "-".join([base, quote, *rest]) if quote else native.strip().upper()

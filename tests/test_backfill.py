@@ -36,8 +36,8 @@ pytestmark = pytest.mark.timeout(600)
 
 def _candles(path: Path) -> list[dict[str, Any]]:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    for row in rows:
-        assert row.pop("timestamp_out") and row["latency_ms"] is None  # history: no latency
+    for row in rows:  # run stamps: when the row was written, by which job
+        assert row.pop("timestamp_out") and row.pop("job_start") and row["latency_ms"] is None
     return rows
 
 
@@ -57,7 +57,7 @@ def _parquet_candles(path: Path) -> list[dict[str, Any]]:
             elif hasattr(value, "item"):
                 value = value.item()
             row[name] = value
-        assert row.pop("timestamp_out") and row["latency_ms"] is None
+        assert row.pop("timestamp_out") and row.pop("job_start") and row["latency_ms"] is None
         rows.append(row)
     return rows
 

@@ -204,6 +204,14 @@ def test_steps_run_only_what_was_asked(sandbox_path: tuple[str, Path]) -> None:
     assert len(commands) == 1 and commands[0][:3] == ["gcloud", "services", "enable"]
 
 
+def test_a_perpetual_symbol_is_accepted(sandbox_path: tuple[str, Path]) -> None:
+    """Perpetuals are labelled BASE-QUOTE-PERP by the ingest workers (ingest/contract)."""
+    commands = dry_run(sandbox_path, "ingest", "--project", PROJECT, "--symbol", "BTC-USD-PERP",
+                       "--exchange", "bitmex")
+    deploy_job = find(commands, "gcloud", "run", "jobs", "deploy")[0]
+    assert deploy_job[4] == "mds-ingest-bitmex-btc-usd-perp" and "BTC-USD-PERP" in " ".join(deploy_job)
+
+
 def test_no_project_in_dry_run_uses_a_placeholder(sandbox_path: tuple[str, Path]) -> None:
     commands = dry_run(sandbox_path, "apis")
     assert flag(commands[0], "--project") == "PROJECT_ID"
@@ -495,8 +503,10 @@ def test_compose_builds_reference_existing_files() -> None:
 
 
 def test_compose_commands_are_real_commands() -> None:
-    """The pipelines take MarketDataOptions flags; `mds` sub-commands exist; status flags parse."""
+    """The pipelines take MarketDataOptions flags (and the local run's own); `mds` sub-commands
+    exist; status flags parse."""
     from pipelines.cli import COMMANDS
+    from pipelines.local_mode import LocalRunOptions
     from pipelines.operate import build_parser
     from pipelines.options import MarketDataOptions
 
@@ -506,6 +516,7 @@ def test_compose_commands_are_real_commands() -> None:
         options = MarketDataOptions(service["command"])
         assert options.mode == name.split("-")[1]
         known = set(options.get_all_options(retain_unknown_options=False))
+        assert options.view_as(LocalRunOptions).local_journal_dir.startswith("/journal/")
         for argument in service["command"]:
             assert argument.split("=")[0].lstrip("-") in known, argument
     for name, service in SERVICES.items():

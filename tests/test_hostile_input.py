@@ -46,7 +46,7 @@ def hostile(trade_id: str = "1", **change: object) -> dict:
     ({"amount": 1e-300}, "amount"),
     ({"amount": 10 ** 400}, "amount"),
     ({"id": "\ud800"}, "lone surrogate"),
-    ({"id": "x" * 129}, "id must have 1 to 128"),
+    ({"id": "x" * 257}, "id must have 1 to 256"),
     ({"side": "\ud800"}, "side"),
     ({"symbol": "BTC\ud800"}, "lone surrogate"),
     ({"nativeSymbol": "\udfff"}, "lone surrogate"),

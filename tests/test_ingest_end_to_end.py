@@ -194,3 +194,31 @@ def test_bundled_sample_is_published_whole(emulator) -> None:
         payload = json.loads(message.data)
         ids += [tick["id"] for tick in (payload[BATCH_KEY] if BATCH_KEY in payload else [payload])]
     assert sorted(ids, key=int) == [str(i) for i in range(3427)]
+
+
+def test_both_workers_publish_the_same_messages_and_attributes(emulator, tmp_path) -> None:
+    """The conformance tests compare --output files; here the same file goes through Pub/Sub from
+    both workers and every message (data AND attributes: ts, mds_id, count) must be the same."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("node") is None:
+        pytest.skip("Node.js not installed")
+    from tests.ingest_harness import NODE_BIN, load_session
+
+    source = tmp_path / "bitmex.lines"
+    source.write_bytes(b"".join(load_session("bitmex").tardis_lines()))
+    env = {**os.environ, "PUBSUB_EMULATOR_HOST": emulator.host, "METADATA_SERVER_DETECTION": "none"}
+    pulled = {}
+    for worker, command in (("python", [sys.executable, "-m", "ingest.cli"]), ("node", ["node", str(NODE_BIN)])):
+        _, subscription = ensure_topic_and_subscription(PROJECT, f"parity-{worker}", f"parity-{worker}-sub")
+        result = subprocess.run([*command, "--source", str(source), "--exchange", "bitmex", "--symbol", "BTC-USD-PERP",
+                                 "--topic", f"parity-{worker}", "--project", PROJECT, "--quiet", "--batch-size", "2",
+                                 "--batch-latency-ms", "600000"], cwd=Path(__file__).parent.parent, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        messages = _pull_all(subscription, 4)  # 4 ticks (and 2 markers)
+        pulled[worker] = sorted((m.data, tuple(sorted(m.attributes.items()))) for m in messages)
+    assert pulled["python"] == pulled["node"]
+    assert len(pulled["python"]) == 4  # ticks by 2; each marker flushes its batch at once

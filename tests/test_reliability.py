@@ -71,7 +71,7 @@ KNOWN_BAD = {
     "timestamp": ["yesterday", "", None, True, [1], {"t": 1}, "2017-13-45T00:00:00Z",
                   iso_from_us(FUTURE_US), FUTURE_US // 1000, math.nan,
                   math.inf, "9" * 5000],
-    "id": [None, "", True, 1.5, [], {"i": 1}, "\ud800", "a\udfffb", "x" * 129, " 1", "1\n"],
+    "id": [None, "", True, 1.5, [], {"i": 1}, "\ud800", "a\udfffb", "x" * 257, " 1", "1\n"],
     "exchange": [None, "", 5, ["binance"], "Binance", "bin\ud800", "b" * 33, "binance futures"],
     "symbol": [None, "", 7.5, {"s": 1}, "BTC\ud800", "S" * 65, "BTC\tUSDT", "BTC-USDT "],
     "side": ["long", "BUY", 5, [1], {"s": "buy"}, "\ud800"],

@@ -1,10 +1,12 @@
 """Tardis trades CSV chunks (pyarrow RecordBatches of strings) → TickBatches, vectorised.
 
 The rules are those of ``transforms.tick_rules``, applied column-wise as a fast path for the
-rows that plainly pass them (numbers, µs times, ASCII text). Every other row goes through the
-per-tick validator of ``transforms.ticks``, which has the last word: it names the reason of a
-rejected row and accepts what the fast path was only unsure of (non-ASCII symbols, times in
-other units), so both paths give the same result for any row.
+rows that plainly pass them (numbers, µs times, ASCII text) of markets whose rows need no
+converting (spot: ``ingest.rows.tardis_symbol``). Every other row is read by the file reader's
+own row rules (``ingest.rows.CsvRows``: derivatives' contracts to base units, the instrument
+table's symbols) and goes through the per-tick validator of ``transforms.ticks``, which has the
+last word: it names the reason of a rejected row and accepts what the fast path was only unsure
+of (non-ASCII symbols, times in other units), so both paths give the same result for any row.
 """
 from __future__ import annotations
 
@@ -27,12 +29,13 @@ def _ascii_text(max_chars: int) -> str:
 
 
 def _row_dicts(columns: Any, rows: np.ndarray) -> list[dict[str, Any]]:
-    """Rows of a Tardis column chunk as wire-format dicts (cells as read, a null one as the empty
-    cell it stands for), for the per-tick validator."""
-    from ingest.files import TARDIS_HEADER, tardis_tick
+    """Rows of a Tardis column chunk as the file reader's records (cells as read, a null one as
+    the empty cell it stands for: ``ingest.rows.CsvRows``), for the per-tick validator."""
+    from ingest.rows import TARDIS_HEADER, CsvRows
 
+    reader = CsvRows()
     cells = [columns.column(name).take(rows).fill_null("").to_pylist() for name in TARDIS_HEADER]
-    return [tardis_tick(list(row)) for row in zip(*cells)]
+    return [reader.tardis(list(row), ",".join(row)) for row in zip(*cells)]
 
 
 def _matches(column: Any, pattern: str) -> np.ndarray:
@@ -50,9 +53,11 @@ def _equals(column: Any, text: str, if_null: bool = False) -> np.ndarray:
 
 
 def _market_keys(exchange: Any, native: Any, rows: np.ndarray
-                 ) -> tuple[list[tuple[str, str, str]], np.ndarray]:
+                 ) -> tuple[list[tuple[str, str, str] | None], np.ndarray]:
     """The (exchange, user symbol, native symbol) markets of ``rows`` in name order, and each
-    row's index into them: dictionary codes, so no Python string is made per row."""
+    row's index into them: dictionary codes, so no Python string is made per row. A market
+    whose rows need converting (derivatives: contracts to base units; a listed venue's unknown
+    instrument) is None: those rows take the per-tick path."""
     exchange_codes, native_codes = exchange.dictionary_encode(), native.dictionary_encode()
     native_count = len(native_codes.dictionary)
 
@@ -66,9 +71,12 @@ def _market_keys(exchange: Any, native: Any, rows: np.ndarray
     by_name = sorted(range(len(names)), key=names.__getitem__)
     rank = np.empty(len(names), dtype=np.int64)
     rank[by_name] = np.arange(len(names))
-    from ingest.symbols import to_user_symbol
+    from ingest.rows import tardis_market, tardis_symbol
 
-    markets = [(names[i][0], to_user_symbol(names[i][1]), names[i][1]) for i in by_name]
+    markets: list[tuple[str, str, str] | None] = []
+    for source, native_name in (names[i] for i in by_name):
+        symbol = tardis_symbol(source, native_name)
+        markets.append(None if symbol is None else (tardis_market(source, native_name)[0], symbol, native_name))
     return markets, rank[pair_index]
 
 
@@ -114,6 +122,11 @@ def parse_columns(columns: Any, max_future_us: int = 86_400_000_000, now_us: int
     fast &= _matches(columns.column("exchange"), f"^{rules.EXCHANGE_PATTERN}$")
     fast &= _matches(columns.column("symbol"), _ascii_text(rules.MAX_SYMBOL_CHARS))
     fast &= _matches(columns.column("id"), _ascii_text(rules.MAX_ID_CHARS))
+    candidates = np.flatnonzero(fast)
+    if candidates.size:
+        symbols, key_index = _market_keys(columns.column("exchange"), columns.column("symbol"), candidates)
+        plain = np.array([market is not None for market in symbols], dtype=bool)[key_index]
+        fast[candidates[~plain]] = False
     batches: list[TickBatch] = []
     dead: list[dict[str, Any]] = []
     if not fast.all():

@@ -26,7 +26,7 @@ MAX_NOTIONAL = 1e18  # price × amount of one tick
 EXCHANGE_PATTERN = r"[a-z0-9][a-z0-9._-]{0,31}"
 _EXCHANGE = re.compile(EXCHANGE_PATTERN)
 MAX_SYMBOL_CHARS = 64
-MAX_ID_CHARS = 128
+MAX_ID_CHARS = 256  # as the ingest workers (ingest.values.MAX_ID_CHARS)
 
 
 def price_problem(price: float) -> str | None:

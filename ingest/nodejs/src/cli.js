@@ -1,26 +1,30 @@
 /**
- * `mds-ingest`: the Node.js twin of `mds ingest` (ingest/cli.py), with the same flags.
+ * `mds-ingest`: the Node.js twin of `mds ingest` (ingest/cli.py), with the same flags and the
+ * same bytes out for the same input.
  *
- * Sources: `--source FILE` (JSONL(.gz), Tardis CSV(.gz), Binance raw CSV), Tardis.dev replay
- * (`--from/--to`), or the live exchange feed (`--live`, optionally `--fallback-replay`).
+ * Sources: `--source FILE` (JSONL(.gz), Tardis CSV(.gz), Binance raw CSV, recorded venue frames
+ * in Tardis' line format), Tardis.dev replay (`--from/--to`), or the live exchange feed (`--live`,
+ * optionally `--fallback-replay`). `--output FILE` writes the messages to a file instead of Pub/Sub.
  */
 import { parseArgs } from 'node:util';
 
-import { init as tardisInit } from 'tardis-dev';
-
-import { TickBatcher } from './batcher.js';
-import { DEFAULT_MAX_BYTES_IN_FLIGHT, DEFAULT_MAX_MESSAGES_IN_FLIGHT, PubSubPublisher } from './publisher.js';
-import { ingest, paced, withFallback } from './run.js';
+import { DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES, TickBatcher } from './batcher.js';
+import { Console } from './console.js';
+import { load } from './contract.js';
+import { isoFromUs } from './message.js';
+import { DEFAULT_MAX_BYTES_IN_FLIGHT, DEFAULT_MAX_MESSAGES_IN_FLIGHT, FileSinkClient, PubSubPublisher } from './publisher.js';
+import { ingest, liveWithFallback, paced } from './run.js';
 import { fileEvents } from './sources/file.js';
-import { liveEvents, replayEvents } from './sources/tardis.js';
+import { liveEvents } from './sources/live.js';
+import { replayEvents, tardisEndpoint } from './sources/replay.js';
 import { IngestStats } from './stats.js';
-import { toNativeSymbol } from './symbols.js';
+import { FrameStream, SourceStats } from './streams.js';
+import { ValueRejected, timeUs } from './values.js';
 
 export const DEFAULT_TOPIC = 'ticks';
-export const MAX_BATCH_SIZE = 20_000; // keeps a message well under Pub/Sub's 10 MB limit
-const LIVE_FIRST_EVENT_TIMEOUT_MS = 15_000;
-const HOUR_MS = 3_600_000;
-const DAY_MS = 86_400_000;
+export const MAX_BATCH_SIZE = 20_000;
+const HOUR_US = 3_600_000_000;
+const DAY_US = 24 * HOUR_US;
 
 const OPTIONS = {
   exchange: { type: 'string', default: 'binance' },
@@ -32,13 +36,15 @@ const OPTIONS = {
   live: { type: 'boolean', default: false },
   'fallback-replay': { type: 'boolean', default: false },
   source: { type: 'string' },
+  output: { type: 'string' },
   speed: { type: 'string', default: '0' },
   duration: { type: 'string' },
   'batch-size': { type: 'string', default: '500' },
   'batch-latency-ms': { type: 'string', default: '200' },
+  'max-message-bytes': { type: 'string', default: String(DEFAULT_MAX_MESSAGE_BYTES) },
   'max-messages-in-flight': { type: 'string', default: String(DEFAULT_MAX_MESSAGES_IN_FLIGHT) },
   'max-bytes-in-flight': { type: 'string', default: String(DEFAULT_MAX_BYTES_IN_FLIGHT) },
-  endpoint: { type: 'string' },
+  endpoint: { type: 'string', default: 'https://api.tardis.dev' },
   'ws-url': { type: 'string' },
   quiet: { type: 'boolean', default: false },
   'create-topic': { type: 'boolean', default: false },
@@ -47,10 +53,13 @@ const OPTIONS = {
 
 export const USAGE = `usage: mds-ingest [--exchange binance] [--symbol BTC-USDT[,ETH-USDT]]
   (--source FILE | --from DATE --to DATE | --live [--fallback-replay])
-  [--topic NAME|projects/P/topics/T] [--project P] [--create-topic]
+  [--topic NAME|projects/P/topics/T] [--project P] [--create-topic] [--output FILE]
   [--speed 0] [--duration S] [--batch-size 500] [--batch-latency-ms 200]
+  [--max-message-bytes ${DEFAULT_MAX_MESSAGE_BYTES}]
   [--max-messages-in-flight ${DEFAULT_MAX_MESSAGES_IN_FLIGHT}] [--max-bytes-in-flight ${DEFAULT_MAX_BYTES_IN_FLIGHT}]
-  [--endpoint TARDIS_URL] [--ws-url WS_URL] [--quiet]`;
+  [--endpoint https://api.tardis.dev] [--ws-url WS_URL] [--quiet]
+Symbols: user form (BTC-USDT, BTC-USD-PERP) or native, of one feed (ingest/contract/instruments.csv).
+Times without a zone are UTC.`;
 
 function number(name, text, { min, max = Infinity, integer = false }) {
   const value = Number(text);
@@ -62,82 +71,84 @@ function number(name, text, { min, max = Infinity, integer = false }) {
   return value;
 }
 
-function date(name, text) {
-  const parsed = new Date(/^\d{4}-\d{2}-\d{2}$/.test(text) ? `${text}T00:00:00Z` : text);
-  if (Number.isNaN(parsed.getTime())) throw new RangeError(`--${name} is not a date: ${JSON.stringify(text)}`);
-  return parsed;
+/** --from/--to as the naive UTC ISO time both workers send to Tardis (no zone given = UTC). */
+export function utcText(text, flag) {
+  try {
+    return isoFromUs(timeUs(text.trim(), flag)).slice(0, 19);
+  } catch (error) {
+    if (error instanceof ValueRejected) throw new RangeError(error.message);
+    throw error;
+  }
 }
 
 /** Command-line flags → validated options (throws RangeError with the reason). */
 export function parseOptions(argv, env = process.env) {
   const { values } = parseArgs({ args: argv, options: OPTIONS, strict: true, allowPositionals: false });
-  const symbols = values.symbol.split(',').map((s) => s.trim().toUpperCase()).filter(Boolean);
-  if (symbols.length === 0) throw new RangeError('--symbol names no symbol');
   const options = {
     help: values.help,
-    exchange: values.exchange,
-    symbols,
     topic: values.topic,
     project: values.project ?? env.GOOGLE_CLOUD_PROJECT ?? 'local-project',
     live: values.live,
     fallbackReplay: values['fallback-replay'],
     source: values.source,
+    output: values.output,
     speed: number('speed', values.speed, { min: 0 }),
     durationS: values.duration === undefined ? undefined : number('duration', values.duration, { min: 0.001 }),
     batchSize: number('batch-size', values['batch-size'], { min: 1, max: MAX_BATCH_SIZE, integer: true }),
     batchLatencyMs: number('batch-latency-ms', values['batch-latency-ms'], { min: 0 }),
+    maxMessageBytes: number('max-message-bytes', values['max-message-bytes'],
+      { min: MIN_MESSAGE_BYTES, max: MAX_MESSAGE_BYTES, integer: true }),
     maxMessagesInFlight: number('max-messages-in-flight', values['max-messages-in-flight'],
       { min: 1, integer: true }),
     maxBytesInFlight: number('max-bytes-in-flight', values['max-bytes-in-flight'], { min: 1, integer: true }),
-    endpoint: values.endpoint,
+    endpoint: tardisEndpoint(values.endpoint),
     wsUrl: values['ws-url'],
     quiet: values.quiet,
     createTopic: values['create-topic'],
   };
-  if (values.from !== undefined && values.to !== undefined) {
-    options.from = date('from', values.from);
-    options.to = date('to', values.to);
-    if (options.to <= options.from) throw new RangeError('--to must be after --from');
-  } else if (values.from !== undefined || values.to !== undefined) {
-    throw new RangeError('a Tardis replay needs both --from and --to');
-  }
   if (options.help) return options;
+  if (values.from !== undefined) options.from = utcText(values.from, '--from');
+  if (values.to !== undefined) options.to = utcText(values.to, '--to');
+  if (options.from && options.to && options.to <= options.from) throw new RangeError('--to must be after --from');
   if (options.source && options.live) throw new RangeError('--source and --live are exclusive');
-  if (!options.source && !options.live && !options.from) {
+  if (!options.source && !options.live && !(options.from && options.to)) {
     throw new RangeError('choose a source: --source FILE, --live, or a Tardis replay with --from and --to');
   }
   if (options.fallbackReplay && !options.live) throw new RangeError('--fallback-replay only applies to --live');
-  return options;
+  const { feed, instruments } = load().resolve(values.exchange, values.symbol.split(','));
+  return Object.assign(options, { feed, instruments });
 }
 
-/**
- * The event stream the options ask for. `tardis` = { replay, stream } lets tests substitute the
- * tardis-dev functions; by default the real ones are used.
- */
-export function buildEvents(options, { signal, log, tardis = {} }) {
-  const { exchange, symbols } = options;
+/** The event stream the options ask for; `fetchImpl` lets tests watch the replay's requests. */
+export function buildEvents(options, { signal, log, notify, stats, fetchImpl = fetch }) {
+  const { feed, instruments } = options;
   if (options.source) {
-    const fallbackNativeSymbol = toNativeSymbol(exchange, symbols[0]);
-    return paced(fileEvents(options.source, { fallbackNativeSymbol }), options.speed, signal);
+    return paced(fileEvents(options.source, { makeStream: () => new FrameStream(feed, instruments, stats) }),
+      options.speed, signal);
   }
   const replay = () => {
     // Live fallback without --from/--to replays the same hour one day ago, as the Python worker does.
-    const from = options.from ?? new Date(Math.floor((Date.now() - DAY_MS) / HOUR_MS) * HOUR_MS);
-    const to = options.to ?? new Date(from.getTime() + HOUR_MS);
-    const events = replayEvents({ exchange, userSymbols: symbols, from: from.toISOString(),
-      to: to.toISOString(), apiKey: process.env.TARDIS_API_KEY }, tardis.replay);
-    return paced(events, options.speed, signal);
+    const startUs = Math.floor((Date.now() * 1000 - DAY_US) / HOUR_US) * HOUR_US;
+    const from = options.from ?? isoFromUs(startUs).slice(0, 19);
+    const to = options.to ?? isoFromUs(startUs + HOUR_US).slice(0, 19);
+    return paced(replayEvents({ feed, instruments, from, to, apiKey: process.env.TARDIS_API_KEY ?? '',
+      endpoint: options.endpoint, stats, fetchImpl, log }), options.speed, signal);
   };
   if (!options.live) return replay();
-  const onError = (error) => log(`live feed error: ${error.message}`);
-  const live = liveEvents({ exchange, userSymbols: symbols, onError }, tardis.stream);
-  if (!options.fallbackReplay) return live;
-  return withFallback(live, replay, { firstEventTimeoutMs: LIVE_FIRST_EVENT_TIMEOUT_MS, log });
+  const live = liveEvents({ feed, instruments, url: options.wsUrl ?? feed.wsUrl, stats, notify, log, signal,
+    giveUpAfter: options.fallbackReplay ? 3 : undefined });
+  return options.fallbackReplay ? liveWithFallback(live, replay, log) : live;
+}
+
+function describe(options) {
+  if (options.source) return `file ${options.source}`;
+  if (options.live) return `live ${options.wsUrl ?? options.feed.wsUrl}`;
+  return `Tardis.dev ${options.feed.tardis.exchange} ${options.from} → ${options.to}`;
 }
 
 /** Run the worker; returns the process exit code. */
 export async function main(argv, { env = process.env, out = console.log, log = console.error,
-  tardis = {}, handleSignals = true } = {}) {
+  handleSignals = true, fetchImpl = fetch } = {}) {
   let options;
   try {
     options = parseOptions(argv, env);
@@ -149,17 +160,19 @@ export async function main(argv, { env = process.env, out = console.log, log = c
     out(USAGE);
     return 0;
   }
-  if (options.endpoint) tardisInit({ endpoint: options.endpoint });
-  // tardis-dev's supported override of an exchange's WebSocket URL.
-  if (options.wsUrl) process.env[`WSS_URL_${options.exchange.toUpperCase().replace(/-/g, '_')}`] = options.wsUrl;
-
   const controller = new AbortController();
   const stats = new IngestStats();
+  const sourceStats = new SourceStats();
+  const screen = new Console({ quiet: options.quiet, out, live: options.live });
   const publisher = new PubSubPublisher({ topic: options.topic, project: options.project, stats, log,
-    createTopic: options.createTopic, maxMessagesInFlight: options.maxMessagesInFlight,
-    maxBytesInFlight: options.maxBytesInFlight });
+    createTopic: options.createTopic && !options.output, maxMessagesInFlight: options.maxMessagesInFlight,
+    maxBytesInFlight: options.maxBytesInFlight,
+    client: options.output ? new FileSinkClient(options.output) : undefined });
   const batcher = new TickBatcher({ batchSize: options.batchSize, batchLatencyMs: options.batchLatencyMs,
-    send: (message) => publisher.send(message) });
+    maxMessageBytes: options.maxMessageBytes, send: (message) => publisher.send(message), stats, console: screen,
+    log });
+  screen.line(`🚀 mds-ingest: ${options.feed.exchange} ${options.instruments.map((i) => i.symbol).join(',')} from `
+    + `${describe(options)} → ${options.output ?? publisher.topicPath}`);
   let signals = 0;
   const onSignal = (name) => {
     signals += 1;
@@ -171,21 +184,27 @@ export async function main(argv, { env = process.env, out = console.log, log = c
   if (handleSignals) for (const [name, handler] of Object.entries(handlers)) process.on(name, handler);
   const durationTimer = options.durationS === undefined ? null
     : setTimeout(() => controller.abort(), options.durationS * 1000);
+  let failure;
   try {
     await publisher.open();
-    if (!options.quiet) log(`publishing to ${publisher.topicPath}`);
-    const events = buildEvents(options, { signal: controller.signal, log, tardis });
-    await ingest({ events, batcher, stats, signal: controller.signal, quiet: options.quiet, out, log });
-    await publisher.close();
+    const events = buildEvents(options, { signal: controller.signal, log, notify: (line) => screen.line(line),
+      stats: sourceStats, fetchImpl });
+    const ended = await ingest({ events, batcher, signal: controller.signal, screen });
+    screen.finish(ended && !options.live);
   } catch (error) {
-    log(`mds-ingest: ${error.message}`);
-    await publisher.close().catch(() => {});
-    for (const line of stats.summary()) log(line);
-    return 1;
+    failure = error;
   } finally {
     clearTimeout(durationTimer);
     if (handleSignals) for (const [name, handler] of Object.entries(handlers)) process.off(name, handler);
+    await publisher.close().catch((error) => { failure ??= error; });
   }
   for (const line of stats.summary()) (options.quiet ? log : out)(line);
+  log(`  source: ${sourceStats.messages} messages, ${sourceStats.errors} unreadable (published as error records), `
+    + `${sourceStats.duplicates} duplicates skipped, ${sourceStats.disconnects} disconnects, `
+    + `${sourceStats.reconnects} reconnects`);
+  if (failure) {
+    log(`mds-ingest: ${failure.message}`);
+    return 1;
+  }
   return stats.messagesFailed > 0 ? 1 : 0;
 }

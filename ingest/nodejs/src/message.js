@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 
 import { pythonDumps } from './pyjson.js';
+import { firstCodePoints } from './values.js';
 
 // Message attributes.
 export const ATTR_EVENT_TIME = 'ts'; // event time, ms since epoch; for a batch the EARLIEST tick's
@@ -30,23 +31,41 @@ export const REQUIRED_FIELDS = [FIELD_EXCHANGE, FIELD_SYMBOL, FIELD_ID, FIELD_PR
   FIELD_TIMESTAMP];
 export const SIDES = ['buy', 'sell', 'unknown'];
 
+export const FIELD_INSTRUMENT_KIND = 'instrumentKind';
+export const FIELD_VENUE_AMOUNT = 'venueAmount';
+export const FIELD_ERROR = '_error';
+export const FIELD_RAW = '_raw';
+export const ERROR_SYMBOL = '*'; // error records belong to the feed, not to one symbol
+export const RAW_CHARS = 1000;
+export const EVENT_TIME_MAX_MS = 253_402_300_799_999;
+
 export const BATCH_KEY = 'ticks';
 export const DISCONNECTS_KEY = 'disconnects';
 
 const US_PER_S = 1_000_000;
 
+const secondStamps = new Map(); // epoch second → "YYYY-MM-DDTHH:MM:SS": ticks come in bursts
+
 /** ISO-8601 UTC with microseconds, the form Tardis uses for timestamps. */
 export function isoFromUs(tsUs) {
   const micros = ((tsUs % US_PER_S) + US_PER_S) % US_PER_S;
   const seconds = (tsUs - micros) / US_PER_S;
-  const stamp = new Date(seconds * 1000).toISOString().slice(0, 19);
+  let stamp = secondStamps.get(seconds);
+  if (stamp === undefined) {
+    if (secondStamps.size >= 256) secondStamps.clear();
+    stamp = new Date(seconds * 1000).toISOString().slice(0, 19);
+    secondStamps.set(seconds, stamp);
+  }
   return `${stamp}.${String(micros).padStart(6, '0')}Z`;
 }
 
+const CANONICAL_FRACTION = /^\.[0-9]{6}Z$/;
+let lastPrefix = [null, 0]; // ["YYYY-MM-DDTHH:MM:SS", its µs] of the last canonical time parsed
+
 /** A tick object in the wire format (field order matters: it is part of the bytes). */
 export function makeTick(exchange, symbol, nativeSymbol, tradeId, price, amount, side, tsUs,
-  localTsUs) {
-  return {
+  localTsUs, kind = 'spot', venueAmount = undefined) {
+  const tick = {
     [FIELD_EXCHANGE]: exchange,
     [FIELD_SYMBOL]: symbol,
     [FIELD_NATIVE_SYMBOL]: nativeSymbol,
@@ -56,6 +75,79 @@ export function makeTick(exchange, symbol, nativeSymbol, tradeId, price, amount,
     [FIELD_SIDE]: side,
     [FIELD_TIMESTAMP]: isoFromUs(tsUs),
     [FIELD_LOCAL_TIMESTAMP]: isoFromUs(localTsUs),
+  };
+  if (kind !== 'spot') {
+    tick[FIELD_INSTRUMENT_KIND] = kind;
+    tick[FIELD_VENUE_AMOUNT] = venueAmount ?? amount;
+  }
+  return tick;
+}
+
+/**
+ * What an error record keeps of an unreadable input: its first RAW_CHARS characters, or for
+ * bytes that are not UTF-8 text, `base64:` and the first RAW_CHARS * 3 / 4 bytes.
+ */
+export function rawText(raw) {
+  if (typeof raw !== 'string') {
+    try {
+      raw = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(raw);
+    } catch {
+      return `base64:${Buffer.from(raw).subarray(0, (RAW_CHARS * 3) / 4).toString('base64')}`;
+    }
+  }
+  return firstCodePoints(raw, RAW_CHARS);
+}
+
+/** An input the worker could not turn into a tick, as the pipeline dead-letters it. */
+export function makeErrorRecord(exchange, reason, raw, localTsUs) {
+  return { [FIELD_EXCHANGE]: exchange, [FIELD_SYMBOL]: ERROR_SYMBOL, [FIELD_ERROR]: reason,
+    [FIELD_RAW]: rawText(raw), [FIELD_LOCAL_TIMESTAMP]: isoFromUs(localTsUs) };
+}
+
+/** A record's JSON text exactly as every worker writes it. */
+export const serialize = pythonDumps;
+
+/**
+ * The event time a record contributes to its message's `ts`: its timestamp, else (an error
+ * record) its local timestamp; undefined when neither is readable or within `ts`'s range.
+ */
+export function recordTimeUs(record) {
+  for (const key of [FIELD_TIMESTAMP, FIELD_LOCAL_TIMESTAMP]) {
+    if (key in record) {
+      let us;
+      try {
+        us = parseTimeUs(record[key]);
+      } catch {
+        return undefined;
+      }
+      return us >= 0 && us <= EVENT_TIME_MAX_MS * 1000 ? us : undefined;
+    }
+  }
+  return undefined;
+}
+
+/** Message data from serialized records and markers: a lone record goes bare. */
+export function assemble(parts, markerParts) {
+  if (parts.length === 1 && markerParts.length === 0) return parts[0];
+  let text = `{"${BATCH_KEY}":[${parts.join(',')}]`;
+  if (markerParts.length > 0) text += `,"${DISCONNECTS_KEY}":[${markerParts.join(',')}]`;
+  return `${text}}`;
+}
+
+/**
+ * Attributes of a message. `ts` is the earliest readable time (a canonical integer of ms); when
+ * nothing in the message has one, the time it is sent.
+ */
+export function messageAttributes(data, exchange, symbol, records, singleId, timesUs) {
+  const known = timesUs.filter((us) => us !== undefined);
+  const earliestMs = known.length > 0 ? Math.floor(known.reduce((a, b) => (b < a ? b : a)) / 1000) : Date.now();
+  return {
+    [ATTR_EVENT_TIME]: String(earliestMs),
+    [ATTR_EXCHANGE]: exchange,
+    [ATTR_SYMBOL]: symbol,
+    [ATTR_DEDUP_ID]: singleId !== undefined ? `${exchange}:${symbol}:${singleId}`
+      : `batch:${createHash('sha1').update(data).digest('hex')}`,
+    [ATTR_COUNT]: String(records),
   };
 }
 
@@ -113,12 +205,19 @@ export function parseTimeUs(value) {
     return Math.floor(number / 1_000);
   }
   if (typeof value === 'string') {
+    if (value.length === 27 && value.slice(0, 19) === lastPrefix[0] && CANONICAL_FRACTION.test(value.slice(19))) {
+      return lastPrefix[1] + Number(value.slice(20, 26)); // the canonical form, same second as before
+    }
     const text = value.trim();
     if (/^-*\d+$/.test(text)) {
       if (!/^-?\d+$/.test(text)) throw new RangeError(`timestamp is not a number: ${JSON.stringify(value)}`);
       return parseTimeUs(Number(text));
     }
-    return parseIsoUs(value, text);
+    const us = parseIsoUs(value, text);
+    if (value.length === 27 && CANONICAL_FRACTION.test(value.slice(19))) {
+      lastPrefix = [value.slice(0, 19), us - (((us % US_PER_S) + US_PER_S) % US_PER_S)];
+    }
+    return us;
   }
   throw new RangeError(`timestamp has unsupported type ${value === null ? 'null' : typeof value}`);
 }
@@ -131,31 +230,13 @@ export function parseTimeUs(value) {
  * its input timestamp. Returns `{ data: Buffer, attributes }`.
  */
 export function encodeMessage(ticks, disconnects = []) {
-  const single = ticks.length === 1 && disconnects.length === 0;
-  let payload;
-  if (single) {
-    payload = { ...ticks[0] };
-  } else {
-    payload = { [BATCH_KEY]: [...ticks] };
-    if (disconnects.length > 0) payload[DISCONNECTS_KEY] = [...disconnects];
+  if (ticks.length === 0 && disconnects.length === 0) {
+    throw new RangeError('a message needs at least one tick or disconnect marker');
   }
-  const data = Buffer.from(pythonDumps(payload), 'utf8');
-  const times = [...ticks, ...disconnects].map((item) => parseTimeUs(item[FIELD_TIMESTAMP]));
+  const data = Buffer.from(assemble(ticks.map(serialize), disconnects.map(serialize)), 'utf8');
   const first = ticks.length > 0 ? ticks[0] : disconnects[0];
-  const exchange = String(first[FIELD_EXCHANGE]);
-  const symbol = String(first[FIELD_SYMBOL]);
-  const dedupId = single
-    ? `${exchange}:${symbol}:${ticks[0][FIELD_ID]}`
-    : `batch:${createHash('sha1').update(data).digest('hex')}`;
-  const earliestUs = times.reduce((min, t) => (t < min ? t : min));
-  return {
-    data,
-    attributes: {
-      [ATTR_EVENT_TIME]: String(Math.floor(earliestUs / 1000)),
-      [ATTR_EXCHANGE]: exchange,
-      [ATTR_SYMBOL]: symbol,
-      [ATTR_DEDUP_ID]: dedupId,
-      [ATTR_COUNT]: String(ticks.length),
-    },
-  };
+  const single = ticks.length === 1 && disconnects.length === 0;
+  const attributes = messageAttributes(data, String(first[FIELD_EXCHANGE]), String(first[FIELD_SYMBOL]), ticks.length,
+    single ? String(ticks[0][FIELD_ID]) : undefined, [...ticks, ...disconnects].map(recordTimeUs));
+  return { data, attributes };
 }

@@ -12,6 +12,8 @@
  * go out alone instead of waiting forever. Transient failures are retried with exponential
  * backoff; a message that still fails is counted and logged: never dropped silently.
  */
+import { closeSync, openSync, writeSync } from 'node:fs';
+
 import { PubSub } from '@google-cloud/pubsub';
 
 // gRPC codes worth retrying: DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNAVAILABLE.
@@ -29,6 +31,32 @@ export function parseTopic(topic, project) {
   if (match) return { project: match[1], name: match[2] };
   if (topic.includes('/')) throw new RangeError(`topic must be a name or projects/P/topics/T, got ${topic}`);
   return { project, name: topic };
+}
+
+/**
+ * `--output FILE`: a client whose topic writes each message's data as one line of a file instead
+ * of publishing it (a file `mds replay --input` reads; what the conformance tests compare).
+ */
+export class FileSinkClient {
+  constructor(path) {
+    this.fd = openSync(path, 'w');
+  }
+
+  topic() {
+    const { fd } = this;
+    return {
+      create: async () => {},
+      flush: async () => {},
+      publishMessage: async ({ data }) => {
+        writeSync(fd, Buffer.concat([data, Buffer.from('\n')]));
+        return 'written';
+      },
+    };
+  }
+
+  async close() {
+    closeSync(this.fd);
+  }
 }
 
 export class PubSubPublisher {

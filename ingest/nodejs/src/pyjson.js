@@ -7,7 +7,7 @@
  */
 
 /** Fields that Python's wire ticks always carry as floats, even when integral (1.0, not 1). */
-export const FLOAT_FIELDS = new Set(['price', 'amount']);
+export const FLOAT_FIELDS = new Set(['price', 'amount', 'venueAmount']);
 
 /** Python's `repr(float)`: shortest round-trip digits, exponent outside 1e-4 <= |x| < 1e16. */
 export function pythonFloatRepr(value) {
@@ -39,9 +39,13 @@ export function pythonJsonString(text) {
     /[\u007f-\uffff]/g, (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
+/**
+ * Python holds a JSON integer beyond 2^53 as a float (ingest/values.py reads it so, as JavaScript
+ * must), so only safe integers are written as integers; exact big integers travel as BigInt.
+ */
 function number(value, asFloat) {
-  if (asFloat || !Number.isInteger(value)) return pythonFloatRepr(value);
-  return Number.isSafeInteger(value) ? String(value) : BigInt(value).toString();
+  if (asFloat || !Number.isSafeInteger(value)) return pythonFloatRepr(value);
+  return Object.is(value, -0) ? '0' : String(value);
 }
 
 /**

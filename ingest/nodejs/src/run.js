@@ -5,6 +5,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { FIELD_TIMESTAMP, parseTimeUs } from './message.js';
+import { LiveUnavailable } from './sources/live.js';
 
 const DONE = Symbol('done');
 
@@ -22,13 +23,20 @@ function nextOrAborted(iterator, signal) {
   });
 }
 
-/** Iterate `iterable` until `signal` aborts, even while it is blocked waiting for data. */
-export async function* untilAborted(iterable, signal) {
+/**
+ * Iterate `iterable` until `signal` aborts, even while it is blocked waiting for data; `onEnd`
+ * is called when the iterable itself ended.
+ */
+export async function* untilAborted(iterable, signal, onEnd = () => {}) {
   const iterator = iterable[Symbol.asyncIterator]();
   try {
     while (!signal.aborted) {
       const next = await nextOrAborted(iterator, signal);
-      if (next === DONE || next.done) return;
+      if (next === DONE) return;
+      if (next.done) {
+        onEnd();
+        return;
+      }
       yield next.value;
     }
   } finally {
@@ -48,10 +56,10 @@ export async function* paced(events, speed, signal) {
   }
   let origin;
   for await (const event of events) {
-    const item = event.kind === 'tick' ? event.tick : event.marker;
     let eventUs;
     try {
-      eventUs = item ? parseTimeUs(item[FIELD_TIMESTAMP]) : undefined;
+      eventUs = event.kind === 'record' && FIELD_TIMESTAMP in event.record
+        ? parseTimeUs(event.record[FIELD_TIMESTAMP]) : undefined;
     } catch {
       eventUs = undefined; // unreadable times are the pipeline's to dead-letter; do not stall on them
     }
@@ -74,63 +82,35 @@ export async function* paced(events, speed, signal) {
 }
 
 /**
- * Use `primary` (the live feed) unless it fails or stays silent for `firstEventTimeoutMs` before
- * its first event; then switch to `fallback()` (a replay) and say so.
+ * The live feed, or - if it never connects (it throws LiveUnavailable) - a replay, so a demo still
+ * has data to show (as live_with_fallback in ingest/sources.py).
  */
-export async function* withFallback(primary, fallback, { firstEventTimeoutMs, log }) {
-  const iterator = primary[Symbol.asyncIterator]();
-  let first;
-  let timer;
+export async function* liveWithFallback(live, replay, log) {
   try {
-    const timeout = new Promise((resolve) => { timer = setTimeout(() => resolve(DONE), firstEventTimeoutMs); });
-    first = await Promise.race([iterator.next(), timeout]);
+    yield* live;
   } catch (error) {
-    first = { failure: error.message };
-  } finally {
-    clearTimeout(timer);
+    if (!(error instanceof LiveUnavailable)) throw error;
+    log(`${error.message}; falling back to Tardis replay`);
+    yield* replay();
   }
-  if (first === DONE || first.done || first.failure !== undefined) {
-    Promise.resolve(iterator.return?.()).catch(() => {});
-    const why = first === DONE ? `no data within ${firstEventTimeoutMs / 1000} s`
-      : first.done ? 'feed ended before any data' : first.failure;
-    log(`live feed unavailable (${why}); falling back to replay`);
-    yield* fallback();
-    return;
-  }
-  yield first.value;
-  yield* { [Symbol.asyncIterator]: () => iterator };
 }
 
 /**
- * Pump `events` into `batcher`, counting in `stats`; print a stats line about once a second
- * unless `quiet`. Resolves after the final flush.
+ * Pump `events` into `batcher` (which shows them on the console) until the source ends or
+ * `signal` aborts; a live console completes its candles by the clock. Resolves after the final
+ * flush with true when the source itself ended.
  */
-export async function ingest({ events, batcher, stats, signal, quiet = false, out = console.log,
-  log = console.error, statsIntervalMs = 1000 }) {
-  let lastLine = Date.now();
-  const ticker = quiet ? null : setInterval(() => {
-    const now = Date.now();
-    for (const line of stats.lines((now - lastLine) / 1000)) out(line);
-    lastLine = now;
-  }, statsIntervalMs);
+export async function ingest({ events, batcher, signal, screen, clockMs = 250 }) {
+  const clock = screen?.live ? setInterval(() => screen.tickClock(), clockMs) : null;
+  let ended = false;
   try {
-    for await (const event of untilAborted(events, signal)) {
-      if (event.kind === 'tick') {
-        stats.sawTick(event.tick);
-        await batcher.add(event.tick);
-      } else if (event.kind === 'disconnect') {
-        stats.disconnects += 1;
-        await batcher.addDisconnect(event.marker);
-      } else if (event.kind === 'reject') {
-        stats.rejected += 1;
-        log(`skipped line ${event.line}: ${event.reason}: ${String(event.raw).slice(0, 120)}`);
-      }
+    for await (const event of untilAborted(events, signal, () => { ended = true; })) {
+      if (event.kind === 'record') await batcher.add(event.record);
+      else if (event.kind === 'disconnect') await batcher.addDisconnect(event);
     }
   } finally {
-    if (ticker) {
-      clearInterval(ticker);
-      for (const line of stats.lines((Date.now() - lastLine) / 1000)) out(line);
-    }
+    clearInterval(clock);
     await batcher.flushAll();
   }
+  return ended;
 }

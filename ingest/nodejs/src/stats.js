@@ -1,13 +1,12 @@
 /**
- * Counters, the once-a-second console line per symbol, and the end-of-run summary with an
- * estimated Pub/Sub bill.
+ * Counters and the end-of-run summary with an estimated Pub/Sub bill.
  *
  * Pub/Sub throughput pricing: $40 per TiB, counted on publish AND on each subscription's
  * delivery, where a message's size is its data + attribute keys and values + 20 bytes of
  * timestamp (cloud.google.com/pubsub/pricing). The 1 kB minimum applies per request, and the
  * client packs many messages per request, so it is left out of this estimate.
  */
-import { ATTR_COUNT } from './message.js';
+import { ATTR_COUNT, FIELD_ERROR } from './message.js';
 
 export const USD_PER_TIB = 40;
 const TIB = 2 ** 40;
@@ -27,16 +26,13 @@ export function estimatedCostUsd(bytes, subscriptions = 1) {
 
 const COUNT = new Intl.NumberFormat('en-US');
 
-function clock(date) {
-  return date.toISOString().slice(11, 19);
-}
-
 export class IngestStats {
   constructor(now = () => Date.now()) {
     this.now = now;
     this.startedAt = now();
-    this.ticksIn = 0;
-    this.rejected = 0;
+    this.ticksIn = 0; // records handed to the batcher (ticks and error records)
+    this.errors = 0; // error records among them: dead letters in the pipeline
+    this.oversized = 0; // records larger than --max-message-bytes, sent as error records
     this.disconnects = 0;
     this.ticksPublished = 0;
     this.messagesPublished = 0;
@@ -45,20 +41,12 @@ export class IngestStats {
     this.messagesFailed = 0;
     this.ticksFailed = 0;
     this.retries = 0;
-    this.symbols = new Map();
   }
 
-  /** A tick entered the worker (counted per symbol for the console line). */
-  sawTick(tick) {
+  /** A record entered the worker. */
+  sawRecord(record) {
     this.ticksIn += 1;
-    let entry = this.symbols.get(tick.symbol);
-    if (!entry) {
-      entry = { ticks: 0, ticksAtLastLine: 0, volume: 0, lastPrice: NaN };
-      this.symbols.set(tick.symbol, entry);
-    }
-    entry.ticks += 1;
-    entry.lastPrice = Number(tick.price);
-    entry.volume += Number(tick.amount) || 0;
+    return FIELD_ERROR in record;
   }
 
   published(data, attributes) {
@@ -73,22 +61,6 @@ export class IngestStats {
     this.ticksFailed += Number(attributes[ATTR_COUNT]);
   }
 
-  /** One line per active symbol since the last call; resets the interval counters. */
-  lines(elapsedSeconds) {
-    const stamp = clock(new Date(this.now()));
-    const out = [];
-    for (const [symbol, entry] of this.symbols) {
-      const fresh = entry.ticks - entry.ticksAtLastLine;
-      if (fresh === 0) continue;
-      const rate = elapsedSeconds > 0 ? fresh / elapsedSeconds : 0;
-      out.push(`🟢 ${stamp} | ${symbol} | $${entry.lastPrice.toFixed(2)} | Vol: ${entry.volume.toFixed(4)} | `
-        + `Ticks: ${COUNT.format(entry.ticks)} (${rate.toFixed(1)}/s)`);
-      entry.ticksAtLastLine = entry.ticks;
-      entry.volume = 0;
-    }
-    return out;
-  }
-
   summary() {
     const seconds = Math.max((this.now() - this.startedAt) / 1000, 1e-9);
     const cost = estimatedCostUsd(this.billableBytes);
@@ -96,8 +68,9 @@ export class IngestStats {
       `ingest summary: ${COUNT.format(this.ticksPublished)} ticks in ${COUNT.format(this.messagesPublished)} messages, `
         + `${COUNT.format(this.bytesPublished)} bytes, ${COUNT.format(Math.round(this.ticksPublished / seconds))} ticks/s `
         + `over ${seconds.toFixed(1)} s`,
-      `  read ${COUNT.format(this.ticksIn)} ticks, rejected ${COUNT.format(this.rejected)} rows, `
-        + `${COUNT.format(this.disconnects)} disconnect markers, ${COUNT.format(this.retries)} publish retries, `
+      `  read ${COUNT.format(this.ticksIn)} records, error records ${COUNT.format(this.errors)} `
+        + `(oversized ${COUNT.format(this.oversized)}), ${COUNT.format(this.disconnects)} disconnect markers, `
+        + `${COUNT.format(this.retries)} publish retries, `
         + `failed ${COUNT.format(this.messagesFailed)} messages (${COUNT.format(this.ticksFailed)} ticks)`,
       `  estimated Pub/Sub cost: $${cost.toFixed(6)} (publish + 1 subscription at $${USD_PER_TIB}/TiB, `
         + `${COUNT.format(this.billableBytes)} billable bytes)`,

@@ -70,7 +70,7 @@ const tickNumber = (id) => makeTick('binance', SYMBOLS[id % 2], SYMBOLS[id % 2].
 async function* ticks(count, progress) {
   for (let id = 0; id < count; id += 1) {
     progress.read += 1;
-    yield { kind: 'tick', tick: tickNumber(id) };
+    yield { kind: 'record', record: tickNumber(id) };
   }
 }
 
@@ -82,15 +82,16 @@ async function slowRun({ count, batchSize, topic, ...limits }) {
   const stats = new IngestStats();
   const publisher = new PubSubPublisher({ topic: 'ticks', project: 'test', stats, log: () => {},
     client: fakeClient(topic), ...limits });
-  const batcher = new TickBatcher({ batchSize, batchLatencyMs: 60_000, send: (message) => publisher.send(message) });
+  const batcher = new TickBatcher({ batchSize, batchLatencyMs: 60_000, send: (message) => publisher.send(message),
+    stats });
   const progress = { read: 0, maxUnpublishedTicks: 0, maxWindow: 0 };
   topic.onPublish = () => {
     progress.maxWindow = Math.max(progress.maxWindow, publisher.outstandingMessages);
     progress.maxUnpublishedTicks = Math.max(progress.maxUnpublishedTicks, progress.read - topic.published.length);
   };
   let finished = false;
-  const run = ingest({ events: ticks(count, progress), batcher, stats, signal: new AbortController().signal,
-    quiet: true }).then(() => publisher.close()).finally(() => { finished = true; });
+  const run = ingest({ events: ticks(count, progress), batcher, signal: new AbortController().signal })
+    .then(() => publisher.close()).finally(() => { finished = true; });
   while (!finished) {
     await nextTurn();
     if (topic.waiting.length > 0) topic.ackOldest();
@@ -176,7 +177,7 @@ test('paced leaves no abort listener behind per wait', async () => {
   // Ticks 1 µs apart at speed 0.0005: 2 ms of wall clock each, so every event waits.
   for await (const event of paced(ticks(20, progress), 0.0005, controller.signal)) {
     seen += 1;
-    assert.ok(getEventListeners(controller.signal, 'abort').length === 0, `listener left at ${event.tick.id}`);
+    assert.ok(getEventListeners(controller.signal, 'abort').length === 0, `listener left at ${event.record.id}`);
   }
   assert.equal(seen, 20);
 });

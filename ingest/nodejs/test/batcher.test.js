@@ -20,7 +20,8 @@ test('batches fill per (exchange, symbol) and flush at batchSize', async () => {
   assert.deepEqual(sent.map((m) => [m.attributes.symbol, m.attributes.count]), [['BTC-USDT', '3'], ['ETH-USDT', '3']]);
   await batcher.flushAll();
   assert.deepEqual(sent.map((m) => m.attributes.count), ['3', '3', '1']);
-  assert.deepEqual(sent.flatMap((m) => m.ticks.map((t) => Number(t.id))).sort((a, b) => a - b), [0, 1, 2, 3, 4, 5, 6]);
+  const ids = sent.flatMap((m) => { const payload = JSON.parse(m.data); return (payload.ticks ?? [payload]).map((t) => Number(t.id)); });
+  assert.deepEqual(ids.sort((a, b) => a - b), [0, 1, 2, 3, 4, 5, 6]);
 });
 
 test('a partly filled batch goes out after batchLatencyMs', async () => {
@@ -42,7 +43,7 @@ test('a disconnect marker flushes its key at once, riding with the pending ticks
   const batcher = new TickBatcher({ batchSize: 500, batchLatencyMs: 10_000, send });
   await batcher.add(tick('BTC-USDT', 1));
   await batcher.add(tick('ETH-USDT', 2));
-  await batcher.addDisconnect({ exchange: 'binance', symbol: 'BTC-USDT', timestamp: '2023-11-14T22:13:20.000000Z' });
+  await batcher.addDisconnect({ exchange: 'binance', symbol: 'BTC-USDT', tsUs: 1_700_000_000_000_000 });
   assert.equal(sent.length, 1);
   const payload = JSON.parse(sent[0].data);
   assert.equal(payload.ticks.length, 1);
@@ -51,6 +52,18 @@ test('a disconnect marker flushes its key at once, riding with the pending ticks
   assert.equal(sent.length, 2);
 });
 
-test('batch size must be positive', () => {
+test('batch size must be positive, the byte limit within [10 kB, 9 MB]', () => {
   assert.throws(() => new TickBatcher({ batchSize: 0, send: async () => {} }), RangeError);
+  assert.throws(() => new TickBatcher({ maxMessageBytes: 9_999, send: async () => {} }), RangeError);
+  assert.throws(() => new TickBatcher({ maxMessageBytes: 9_000_001, send: async () => {} }), RangeError);
+});
+
+test('a batch is sent before the next record would push it past --max-message-bytes', async () => {
+  const { sent, send } = recorder();
+  const batcher = new TickBatcher({ batchSize: 20_000, batchLatencyMs: 10_000, maxMessageBytes: 10_000, send });
+  for (let i = 0; i < 200; i += 1) await batcher.add(tick('BTC-USDT', i));
+  await batcher.flushAll();
+  assert.ok(sent.length > 1);
+  assert.ok(sent.every((m) => m.data.length <= 10_000), sent.map((m) => m.data.length).join(','));
+  assert.equal(sent.reduce((n, m) => n + Number(m.attributes.count), 0), 200);
 });

@@ -5,6 +5,7 @@ import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 import { PubSub } from '@google-cloud/pubsub';
+import { WebSocketServer } from 'ws';
 
 import { main } from '../src/cli.js';
 import { parseTimeUs } from '../src/message.js';
@@ -104,24 +105,37 @@ test('the bundled sample day (Tardis CSV.gz) is published whole, every tick once
   assert.deepEqual(ids, Array.from({ length: 3427 }, (_, i) => i));
 });
 
-test('an injected live feed with a disconnect reaches Pub/Sub with its marker', async () => {
+test('a live feed (loopback WebSocket) dropped once reaches Pub/Sub with its markers, no trade twice', async () => {
   const subscription = await topicWithSubscription('live-ticks');
   const now = Date.now();
-  async function* feed() {
-    for (let i = 0; i < 5; i += 1) {
-      yield { type: 'trade', symbol: 'BTCUSDT', exchange: 'binance', id: String(100 + i), price: 67000 + i,
-        amount: 0.01, side: i % 2 ? 'sell' : 'buy', timestamp: new Date(now + i), localTimestamp: new Date(now + i + 5) };
-      if (i === 2) yield { type: 'disconnect', exchange: 'binance', localTimestamp: new Date(now + 3), symbols: undefined };
-    }
+  const trade = (id) => JSON.stringify({ e: 'trade', E: now + id, s: 'BTCUSDT', t: 100 + id, p: String(67000 + id),
+    q: '0.01', T: now + id, m: id % 2 === 1, M: true });
+  const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  let connections = 0;
+  server.on('connection', (socket) => {
+    connections += 1;
+    socket.once('message', () => {
+      if (connections === 1) {
+        for (const id of [0, 1, 2]) socket.send(trade(id));
+        setTimeout(() => socket.terminate(), 100);
+      } else for (const id of [2, 3, 4]) socket.send(trade(id)); // 2 again: resent after the resubscribe
+    });
+  });
+  await new Promise((resolve) => { server.on('listening', resolve); });
+  const url = `ws://127.0.0.1:${server.address().port}`;
+  try {
+    const code = await main(['--live', '--ws-url', url, '--topic', 'live-ticks', '--project', PROJECT, '--quiet',
+      '--batch-latency-ms', '50', '--duration', '6'], { out: () => {}, log: () => {}, handleSignals: false });
+    assert.equal(code, 0);
+  } finally {
+    server.close();
   }
-  const code = await main(['--live', '--topic', 'live-ticks', '--project', PROJECT, '--quiet',
-    '--batch-latency-ms', '50'], { out: () => {}, log: () => {}, handleSignals: false, tardis: { stream: () => feed() } });
-  assert.equal(code, 0);
   const messages = await pullTicks(subscription, 5);
   const ticks = checkMessages(messages);
   assert.deepEqual(ticks.map((t) => t.id).sort(), ['100', '101', '102', '103', '104']);
   const markers = messages.flatMap((m) => JSON.parse(m.data.toString()).disconnects ?? []);
-  assert.deepEqual(markers.map((m) => [m.exchange, m.symbol]), [['binance', 'BTC-USDT']]);
+  assert.deepEqual(markers.map((m) => [m.exchange, m.symbol]), [['binance', 'BTC-USDT'], ['binance', 'BTC-USDT']]);
+  assert.ok(markers[0].timestamp <= markers[1].timestamp);
 });
 
 test('SIGTERM mid-replay flushes pending batches, prints stats lines and a summary, exits 0', async () => {
