@@ -5,30 +5,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from pipelines.local_stack import BigQueryEmulator
 from pipelines.reconcile import main
 from reconcile.loopback import LoopbackVenue, binance_klines, load_klines
+from tests.bigquery_helpers import PROJECT
 from transforms import bigquery as bq
 from transforms.schemas import CANDLES_TABLE, RECONCILIATION_TABLE
-
-PROJECT = "test-project"
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[BigQueryEmulator]:
-    with BigQueryEmulator(project=PROJECT) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(emulator: BigQueryEmulator) -> Iterator[Any]:
-    bq_client = bq.make_client(PROJECT, emulator.endpoint)
-    yield bq_client
-    bq_client.close()
 
 
 def by_timeframe(client: Any, dataset: str) -> dict[str, dict[str, Any]]:

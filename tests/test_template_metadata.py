@@ -148,6 +148,8 @@ GOOD_AND_BAD = {
         ["binance", "bitmex=https://x.example.com", "binance=ftp://x", "binance=https://x.example.com,",
          "binance=https://a.example.com okx=https://b.example.com", "Binance=https://x.example.com"]),
     "mode": (["candles", "ticks", "both"], ["Candles", "ohlcv", "", "ticks,candles"]),
+    "bigquery_write_method": (["STORAGE_WRITE_API", "STREAMING_INSERTS"],
+                              ["storage_write_api", "FILE_LOADS", "STORAGE_API_AT_LEAST_ONCE", ""]),
 }
 
 
