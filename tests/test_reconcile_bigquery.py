@@ -1,18 +1,27 @@
-"""`mds reconcile --dataset` against the local BigQuery API server (bqemulator on free loopback
-ports): our candles read from `candles_latest`, the comparison written to `candle_reconciliation`,
-the match rate per day and timeframe read back from `reconciliation_by_day`."""
+"""The reconciliation in BigQuery (bqemulator on free loopback ports): `mds reconcile --dataset`
+reads our candles from `candles_latest` and writes `candle_reconciliation`; the streaming step's
+rows go through the pipeline's Storage Write API writer; `reconciliation_by_day` gives the match
+rate per day and timeframe and the first differing field."""
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+import apache_beam as beam
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.utils.timestamp import Timestamp
 
+from pipelines.demo import reconcile_sample
 from pipelines.local_stack import BigQueryEmulator
 from pipelines.reconcile import main
 from reconcile.loopback import LoopbackVenue, binance_klines, load_klines
-from tests.bigquery_helpers import PROJECT
+from tests.bigquery_helpers import MINUTE_US, PROJECT, T0_US, candle, query, table_path
+from transforms.reconcile_candles import ReconcileCandles, ReconcileCandlesFn
 from transforms import bigquery as bq
 from transforms.schemas import CANDLES_TABLE, RECONCILIATION_TABLE
 
@@ -54,3 +63,47 @@ def test_the_table_and_view_give_the_match_rate_and_the_first_difference(
         f"SELECT * FROM `{dataset.replace(':', '.')}.{RECONCILIATION_TABLE}` WHERE status = 'mismatch'").result()]
     assert [(r["candle_revision"], r["volume"] - r["venue_volume"], r["source"]) for r in rows] == [
         (1, pytest.approx(0.5), f"bigquery:{dataset}")]
+
+
+def test_streamed_reconciliation_rows_reach_bigquery_through_the_storage_write_api(
+        client: Any, dataset: str, beam_to_emulator: None) -> None:
+    """The streaming step's rows written as the job writes them (the default Storage Write API
+    writer, bqemulator's gRPC port): the view gives 3 of 4 minutes matched, the first difference
+    at 04:02 in `close`; the table's rows are priced in rows_cost_by_day."""
+    bq.ensure_views(client, dataset)
+    candles = [candle(T0_US + minute * MINUTE_US, timestamp_in=T0_US + minute * MINUTE_US,
+                      window_end=T0_US + (minute + 1) * MINUTE_US) for minute in range(4)]
+    klines = [[(T0_US + minute * MINUTE_US) // 1000, "4261.00", "4263.00", "4260.00",
+               "4262.50" if minute == 2 else "4262.00", "1.00000000",
+               (T0_US + (minute + 1) * MINUTE_US) // 1000 - 1, "4262.00", 3, "0", "0", "0"] for minute in range(4)]
+    with LoopbackVenue(binance_klines("BTCUSDT", {"1m": klines})) as venue:
+        stream = (TestStream().advance_watermark_to(Timestamp(micros=T0_US))
+                  .add_elements(candles).advance_watermark_to_infinity())
+        pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT, streaming=True))
+        reconciled = pipeline | stream | ReconcileCandles(ReconcileCandlesFn(120, {"binance": venue.endpoint}))
+        _ = reconciled.rows | bq.WriteRowsToBigQuery(RECONCILIATION_TABLE, dataset, method=bq.STORAGE_WRITE_API)
+        pipeline.run().wait_until_finish()
+    [day] = query(client, f"SELECT * FROM `{table_path(dataset, 'reconciliation_by_day')}`")
+    assert (day["timeframe"], day["candles"], day["matched"], day["mismatched"], day["match_rate"],
+            day["first_difference"], day["first_difference_at"]) == (
+        "1m", 4, 3, 1, 0.75, "close", datetime(2017, 8, 17, 4, 2, tzinfo=timezone.utc))
+    rows = query(client, f"SELECT source, status, close, venue_close FROM "
+                         f"`{table_path(dataset, RECONCILIATION_TABLE)}` WHERE status = 'mismatch'")
+    assert rows == [{"source": "stream", "status": "mismatch", "close": 4262.0, "venue_close": 4262.5}]
+    cost = {r["table_name"]: r["row_count"] for r in query(
+        client, f"SELECT * FROM `{table_path(dataset, 'rows_cost_by_day')}`")}
+    assert cost[RECONCILIATION_TABLE] == 4
+
+
+def test_the_demos_proof_replays_the_day_into_bigquery_and_reconciles_it(
+        emulator: BigQueryEmulator, client: Any, dataset: str, tmp_path: Path, capfd: Any) -> None:
+    """`make demo`'s last step on its own: `mds replay` into BigQuery (Storage Write API), then
+    `mds reconcile --dataset` against the bundled official klines on a loopback Binance API."""
+    bq.ensure_views(client, dataset)
+    env = dict(os.environ, **emulator.client_env())
+    lines = reconcile_sample(client, env, str(tmp_path), dataset)
+    out = capfd.readouterr().out
+    assert "✅ reconciled 5/5 4h candles with binance 4h klines (BTCUSDT)" in out
+    assert "✅ reconciled 1/1 24h candles with binance 1d klines (BTCUSDT)" in out
+    assert lines == ["   reconciliation_by_day 2017-08-17  24h: 1/1 match (100%)",
+                     "   reconciliation_by_day 2017-08-17   4h: 5/5 match (100%)"]

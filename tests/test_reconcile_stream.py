@@ -6,6 +6,7 @@ bounded retries, never an exception.
 from __future__ import annotations
 
 import csv
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
 
-from reconcile.loopback import LoopbackVenue, binance_klines
+from reconcile.loopback import Answer, Handler, LoopbackVenue, binance_klines
 from transforms.dead_letter import DEAD_LETTER_TAG
 from transforms.reconcile_candles import MAX_ROUNDS, ATTEMPTS_PER_ROUND, ReconcileCandles, ReconcileCandlesFn
 from tests.pipeline_helpers import CollectFn, _Collected, message, options, run_market_data, stamped, tick
@@ -101,11 +102,22 @@ def _candle(exchange: str, symbol: str, minute: int) -> dict[str, Any]:
             "is_final": True, "is_partial": False, "revision": 0}
 
 
-def test_an_unreachable_venue_costs_bounded_retries_then_dead_letters() -> None:
-    """A REST API answering 503: each candle is tried MAX_ROUNDS rounds of ATTEMPTS_PER_ROUND
-    requests, then becomes a `reconcile` dead letter; a market the venue does not list is a dead
-    letter at once; a venue without a kline API (bitmex) is skipped."""
-    with LoopbackVenue(lambda path, query: (503, {"code": -1003, "msg": "overloaded"}, {})) as venue:
+def _slow(path: str, query: dict[str, str]) -> Answer:
+    time.sleep(1.0)  # far beyond the client's timeout below
+    return 200, [], {}
+
+
+@pytest.mark.parametrize("handler, requests_per_round, reason", [
+    (lambda path, query: (503, {"code": -1003, "msg": "overloaded"}, {}), ATTEMPTS_PER_ROUND, "HTTP 503"),
+    (_slow, ATTEMPTS_PER_ROUND, "ReadTimeout"),
+    (lambda path, query: (200, "<html>maintenance</html>", {}), 1, "not in the documented format"),
+], ids=["down", "slow", "garbage"])
+def test_a_kline_api_down_slow_or_garbled_costs_bounded_retries_then_dead_letters(
+        handler: Handler, requests_per_round: int, reason: str) -> None:
+    """Each candle is tried MAX_ROUNDS rounds (ATTEMPTS_PER_ROUND requests each where retrying can
+    help), then becomes a `reconcile` dead letter saying why; a market the venue does not list is
+    a dead letter at once; a venue without a kline API (bitmex) is skipped. The job goes on."""
+    with LoopbackVenue(handler) as venue:
         candles = [_candle("binance", "BTC-USDT", 0), _candle("binance", "NOPE", 0),
                    _candle("bitmex", "BTC-USD-PERP", 0), _candle("binance", "BTC-USDT", 15)]
         stream = (TestStream().advance_watermark_to(Timestamp(micros=START_MS * 1000))
@@ -114,7 +126,7 @@ def test_an_unreachable_venue_costs_bounded_retries_then_dead_letters() -> None:
         opts.view_as(StandardOptions).streaming = True
         with beam.Pipeline(runner="DirectRunner", options=opts) as pipeline:
             out = (pipeline | stream
-                   | ReconcileCandles(ReconcileCandlesFn(120, {"binance": venue.endpoint}, timeout_s=5,
+                   | ReconcileCandles(ReconcileCandlesFn(120, {"binance": venue.endpoint}, timeout_s=0.3,
                                                          backoff_s=0.01)))
             out.rows | "Rows" >> beam.ParDo(CollectFn("unreachable:rows"))
             out[DEAD_LETTER_TAG] | "DeadLetters" >> beam.ParDo(CollectFn("unreachable:dead"))
@@ -123,7 +135,7 @@ def test_an_unreachable_venue_costs_bounded_retries_then_dead_letters() -> None:
     assert rows == []
     reasons = sorted(d["reason"] for d in dead)
     assert len(dead) == 3 and all(d["stage"] == "reconcile" for d in dead)
-    assert sum(r.startswith(f"gave up after {MAX_ROUNDS} rounds") and "HTTP 503" in r for r in reasons) == 2
+    assert sum(r.startswith(f"gave up after {MAX_ROUNDS} rounds") and reason in r for r in reasons) == 2, reasons
     assert sum("NOPE" in r for r in reasons) == 1
     # the two BTC-USDT candles fall due apart: each its own rounds of requests
-    assert len(venue.requests) == 2 * MAX_ROUNDS * ATTEMPTS_PER_ROUND
+    assert len(venue.requests) == 2 * MAX_ROUNDS * requests_per_round
