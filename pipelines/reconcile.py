@@ -5,7 +5,7 @@
     mds reconcile ... --input-dir out/replay     # or an `mds replay` / `mds backfill` output
 
 The venue's klines come from its public REST API (binance, binance-futures, coinbase, okx, bybit,
-deribit; docs/reconciliation.md), the symbol through the instrument table the ingest workers use.
+deribit; docs/reconcile.md), the symbol through the instrument table the ingest workers use.
 One row per candle goes to the ``candle_reconciliation`` table (``--output-dataset``, default the
 ``--dataset`` read) and/or ``candle_reconciliation.jsonl`` (``--output-dir``, default the
 ``--input-dir`` read); the ``reconciliation_by_day`` view gives the match rate per day. Exit code:
