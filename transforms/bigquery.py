@@ -51,6 +51,7 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import GlobalWindows
 
 from ingest.message import iso_from_us, parse_time_us
+from reconcile.compare import by_day_view_sql
 from transforms import schemas
 from transforms.dead_letter import dead_letter
 from transforms.sinks import finalize_row
@@ -247,26 +248,8 @@ FROM (
   UNION ALL
   '''.join(cost_parts)})
 GROUP BY day, table_name""",
-        # Match rate against the venues' klines per day, market and timeframe, from the newest
-        # comparison of each candle, with the earliest candle that differs and its first field.
-        "reconciliation_by_day": f"""
-SELECT day, exchange, symbol, timeframe, COUNT(*) AS candles,
-  COUNTIF(status = 'match') AS matched, COUNTIF(status = 'mismatch') AS mismatched,
-  COUNTIF(status = 'missing_ours') AS missing_ours, COUNTIF(status = 'missing_venue') AS missing_venue,
-  COUNTIF(status = 'empty') AS empty,
-  SAFE_DIVIDE(COUNTIF(status = 'match'), COUNTIF(status != 'empty')) AS match_rate,
-  MAX(IF(differs AND differing_rank = 1, timestamp_in, NULL)) AS first_difference_at,
-  MAX(IF(differs AND differing_rank = 1, COALESCE(first_difference, status), NULL)) AS first_difference
-FROM (
-  SELECT *, ROW_NUMBER() OVER (
-    PARTITION BY day, exchange, symbol, timeframe, differs ORDER BY timestamp_in) AS differing_rank
-  FROM (
-    SELECT r.*, DATE(timestamp_in) AS day, status IN ('mismatch', 'missing_ours', 'missing_venue') AS differs,
-      ROW_NUMBER() OVER (PARTITION BY exchange, symbol, timeframe, timestamp_in
-                         ORDER BY timestamp_out DESC) AS newest
-    FROM {ds}.{schemas.RECONCILIATION_TABLE}` AS r)
-  WHERE newest = 1)
-GROUP BY day, exchange, symbol, timeframe""",
+        # Match rate against the venues' klines per day and timeframe, first differing field.
+        "reconciliation_by_day": by_day_view_sql(f"{ds}.{schemas.RECONCILIATION_TABLE}`"),
     }
 
 
