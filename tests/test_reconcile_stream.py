@@ -17,6 +17,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
 
+from pipelines.options import MarketDataOptions
+from pipelines.streaming_pipeline import MarketData
 from reconcile.loopback import Answer, Handler, LoopbackVenue, binance_klines
 from transforms.dead_letter import DEAD_LETTER_TAG
 from transforms.reconcile_candles import MAX_ROUNDS, ATTEMPTS_PER_ROUND, ReconcileCandles, ReconcileCandlesFn
@@ -139,3 +141,16 @@ def test_a_kline_api_down_slow_or_garbled_costs_bounded_retries_then_dead_letter
     assert sum("NOPE" in r for r in reasons) == 1
     # the two BTC-USDT candles fall due apart: each its own rounds of requests
     assert len(venue.requests) == 2 * MAX_ROUNDS * requests_per_round
+
+
+@pytest.mark.parametrize("overrides, bounded, message", [
+    ({}, True, "is for streaming jobs"),
+    ({"mode": "ticks"}, False, "needs candles"),
+    ({"timeframes": "5m,4h"}, False, "with 1m in --timeframes"),
+])
+def test_a_job_the_streaming_reconciliation_cannot_serve_is_refused_before_it_starts(
+        overrides: dict[str, Any], bounded: bool, message: str) -> None:
+    opts = options(reconcile_delay_seconds=180, **overrides)
+    with pytest.raises(ValueError, match=message):
+        _ = beam.Pipeline(runner="DirectRunner") | beam.Create([]) | MarketData(
+            opts.view_as(MarketDataOptions), bounded=bounded)
