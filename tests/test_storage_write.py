@@ -22,17 +22,18 @@ from google.cloud import bigquery
 from google.cloud.bigquery_storage_v1 import types
 
 from ingest.message import iso_from_us, parse_time_us
-from pipelines.local_stack import BigQueryEmulator
+from pipelines.emulators import BigQueryEmulator
 from tests.bigquery_helpers import (MINUTE_US, PROJECT, T0_US, assert_ticks_stored_with_latency,
-                                    candle, counter, dead_letters_by_id, decode, query,
-                                    table_path, tick)
+                                    candle, counter, dead_letters_by_id, decode, query, table_path,
+                                    tick)
 from tests.reliability_helpers import PersistentBigQueryEmulator
 from transforms import bigquery as bq
 from transforms import schemas, storage_write
 from transforms.proto_rows import RowEncoder
 from transforms.sinks import FinalizeRowsFn, finalize_row
-from transforms.storage_write import Appender, PendingStream, commit_streams, make_write_client
+from transforms.storage_write import (Appender, PendingStream, commit_streams, make_write_client)
 from transforms.storage_write_sink import PendingStreams
+
 
 @pytest.fixture(scope="module")
 def write_client(emulator: BigQueryEmulator) -> Any:
