@@ -38,8 +38,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pipelines", "pipelines.*", "ingest", "ingest.*",
                                     "transforms", "transforms.*"]),
-    # ingest/contract: the venue and instrument tables both ingest workers read
-    package_data={"pipelines": ["sample/*"], "ingest": ["contract/*.json", "contract/*.csv"]},
+    # ingest/contract: the venue and instrument tables both ingest workers read; transforms/views:
+    # the BigQuery views' SQL
+    package_data={"pipelines": ["sample/*"], "ingest": ["contract/*.json", "contract/*.csv"],
+                  "transforms": ["views/*.sql"]},
     install_requires=REQUIRED,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["mds=pipelines.cli:main"]},

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ingest.message import iso_from_us
-from transforms.bigquery import (STORAGE_WRITE_USD_PER_GIB, STREAMING_INSERT_USD_PER_200_MIB)
+from transforms.bigquery import STORAGE_WRITE_USD_PER_GIB, STREAMING_INSERT_USD_PER_200_MIB
 from transforms.proto_rows import RowEncoder
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -46,7 +46,7 @@ import pandas as pd
 from bench.generate_day import DEFAULT_SEED, DEFAULT_TICKS, ensure_day
 from pipelines.local_names import DEFAULT_DATASET, LOCAL_PROJECT  # noqa: E402
 from pipelines.options import DEFAULT_FEATURE_TIMEFRAMES, DEFAULT_TIMEFRAMES
-from transforms.bigquery import WRITE_METHODS
+from transforms.bigquery_sink import WRITE_METHODS
 from transforms.candles import parse_timeframes
 from transforms.features import CANDLE_FIELDS, compute_features
 

@@ -15,7 +15,7 @@ from typing import Any
 from pipelines.bounded_run import BoundedRun, run_bounded
 from pipelines.options import (DEFAULT_FEATURE_TIMEFRAMES, DEFAULT_TIMEFRAMES, MODES,
                                OUTPUT_FORMATS)
-from transforms.bigquery import STORAGE_WRITE_API, WRITE_METHODS
+from transforms.bigquery_sink import STORAGE_WRITE_API, WRITE_METHODS
 
 SAMPLE = str(Path(__file__).resolve().parent / "sample" / "binance_trades_2017-08-17_BTCUSDT.csv.gz")
 

@@ -20,8 +20,8 @@ from apache_beam.pvalue import PCollection
 from ingest.message import parse_time_us
 from pipelines.options import MarketDataOptions
 from pipelines.read_files import ReadTickFiles
-from transforms.bigquery import (STORAGE_WRITE_API, WriteRowsToBigQuery, ensure_tables,
-                                 ensure_views, make_client, split_dataset_ref)
+from transforms.bigquery import ensure_tables, ensure_views, make_client, split_dataset_ref
+from transforms.bigquery_sink import STORAGE_WRITE_API, WriteRowsToBigQuery
 from transforms.bounded import CountPerDaySymbolFn, KeepRangeFn
 from transforms.bounded_candles import BoundedCandles
 from transforms.candles import CandlesFromTicks, parse_timeframes
