@@ -20,6 +20,7 @@ EXTRAS = {
     "test": [
         "pytest>=8",
         "pytest-timeout>=2.3",
+        "pytest-xdist>=3.5",  # make test runs on both cores: most tests wait on emulators and clocks
         "hypothesis>=6.100",
         "pandas>=2.2",
         "TA-Lib==0.8.2",
