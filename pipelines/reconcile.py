@@ -32,9 +32,7 @@ from transforms.sinks import finalize_row
 INSERT_BATCH = 500  # rows per insertAll request (BigQuery's recommendation)
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mds reconcile", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exchange", required=True, help="binance, binance-futures, coinbase, okx, bybit or deribit")
     parser.add_argument("--symbol", required=True, help="ours (BTC-USDT, BTC-USD-PERP) or the venue's (BTCUSDT)")
     parser.add_argument("--timeframe", default="1m", help="comma separated, e.g. 1m or 4h,24h (default 1m)")
@@ -51,7 +49,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--attempts", type=int, default=4, help="tries per request before giving up (default 4)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
     parser.add_argument("--quiet", action="store_true", help="no output; the exit code says")
-    return parser.parse_args(list(argv))
 
 
 # ------------------------------------------------------------------------------ our candles
@@ -171,7 +168,8 @@ def write_jsonl(output_dir: str, rows: Sequence[dict[str, Any]]) -> str:
 
 def write_bigquery(client: Any, dataset_ref: str, rows: Sequence[dict[str, Any]]) -> None:
     """Creates the table and views if missing, then streams the rows; any refusal is an error."""
-    from transforms.bigquery import ensure_tables, ensure_views, row_problem, split_dataset_ref
+    from transforms.bigquery import ensure_tables, ensure_views, split_dataset_ref
+    from transforms.bigquery_rows import row_problem
 
     ensure_tables(client, dataset_ref)
     ensure_views(client, dataset_ref)
@@ -189,9 +187,15 @@ def write_bigquery(client: Any, dataset_ref: str, rows: Sequence[dict[str, Any]]
 
 
 def main(argv: Sequence[str]) -> int:
+    """``mds reconcile ARGV`` (the exit code)."""
+    from pipelines.cli import parse_command
+
+    return run_command(parse_command("reconcile", list(argv)))
+
+
+def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
     from google.api_core.exceptions import GoogleAPIError
 
-    args = parse_args(argv)
     output_dataset = args.output_dataset or args.dataset
     output_dir = args.output_dir or args.input_dir
     client = None

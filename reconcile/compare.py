@@ -138,28 +138,3 @@ class Summary:
                   else row.get("status", "").replace("_", " "))
         return f"❌ {self.matched}/{self.compared} {what} match; first difference at {when}: {detail}"
 
-
-def by_day_view_sql(table: str) -> str:
-    """The ``reconciliation_by_day`` view over ``table`` (a quoted BigQuery path): per day,
-    market and timeframe, from the newest comparison of each candle, the count of each status,
-    the match rate over the candles with trades, and the earliest differing candle with its
-    first differing field (or its status when one side is missing)."""
-    differing = ", ".join(f"'{status}'" for status in DIFFERING)
-    return f"""
-SELECT day, exchange, symbol, timeframe, COUNT(*) AS candles,
-  COUNTIF(status = '{MATCH}') AS matched, COUNTIF(status = '{MISMATCH}') AS mismatched,
-  COUNTIF(status = '{MISSING_OURS}') AS missing_ours, COUNTIF(status = '{MISSING_VENUE}') AS missing_venue,
-  COUNTIF(status = '{EMPTY}') AS empty,
-  SAFE_DIVIDE(COUNTIF(status = '{MATCH}'), COUNTIF(status != '{EMPTY}')) AS match_rate,
-  MAX(IF(differs AND differing_rank = 1, timestamp_in, NULL)) AS first_difference_at,
-  MAX(IF(differs AND differing_rank = 1, COALESCE(first_difference, status), NULL)) AS first_difference
-FROM (
-  SELECT *, ROW_NUMBER() OVER (
-    PARTITION BY day, exchange, symbol, timeframe, differs ORDER BY timestamp_in) AS differing_rank
-  FROM (
-    SELECT r.*, DATE(timestamp_in) AS day, status IN ({differing}) AS differs,
-      ROW_NUMBER() OVER (PARTITION BY exchange, symbol, timeframe, timestamp_in
-                         ORDER BY timestamp_out DESC) AS newest
-    FROM {table} AS r)
-  WHERE newest = 1)
-GROUP BY day, exchange, symbol, timeframe"""

@@ -23,6 +23,7 @@ from reconcile.loopback import LoopbackVenue, binance_klines, load_klines
 from tests.bigquery_helpers import MINUTE_US, PROJECT, T0_US, candle, query, table_path
 from transforms.reconcile_candles import ReconcileCandles, ReconcileCandlesFn
 from transforms import bigquery as bq
+from transforms.bigquery_sink import STORAGE_WRITE_API, WriteRowsToBigQuery
 from transforms.schemas import CANDLES_TABLE, RECONCILIATION_TABLE
 
 
@@ -81,7 +82,7 @@ def test_streamed_reconciliation_rows_reach_bigquery_through_the_storage_write_a
                   .add_elements(candles).advance_watermark_to_infinity())
         pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT, streaming=True))
         reconciled = pipeline | stream | ReconcileCandles(ReconcileCandlesFn(120, {"binance": venue.endpoint}))
-        _ = reconciled.rows | bq.WriteRowsToBigQuery(RECONCILIATION_TABLE, dataset, method=bq.STORAGE_WRITE_API)
+        _ = reconciled.rows | WriteRowsToBigQuery(RECONCILIATION_TABLE, dataset, method=STORAGE_WRITE_API)
         pipeline.run().wait_until_finish()
     [day] = query(client, f"SELECT * FROM `{table_path(dataset, 'reconciliation_by_day')}`")
     assert (day["timeframe"], day["candles"], day["matched"], day["mismatched"], day["match_rate"],
