@@ -13,6 +13,7 @@ REQUIRED = [
     "numpy>=2.0,<3",
     "websockets>=13,<18",
     "tqdm>=4.66,<5",
+    "requests>=2.31,<3",  # mds reconcile and the streaming reconciliation: venues' kline APIs
 ]
 
 EXTRAS = {
@@ -38,7 +39,7 @@ setup(
     description="Crypto trade ticks to OHLCV candles and HFT features on Apache Beam / Dataflow",
     python_requires=">=3.10",
     packages=find_packages(include=["pipelines", "pipelines.*", "ingest", "ingest.*",
-                                    "transforms", "transforms.*"]),
+                                    "transforms", "transforms.*", "reconcile", "reconcile.*"]),
     # ingest/contract: the venue and instrument tables both ingest workers read; transforms/views:
     # the BigQuery views' SQL
     package_data={"pipelines": ["sample/*"], "ingest": ["contract/*.json", "contract/*.csv"],

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("pipelines.status", "Job/emulator health, row counts and lag."),
     "tail": ("pipelines.tail", "Follow the candles output topic."),
     "chart": ("pipelines.chart", "Candlestick chart from BigQuery or a replay output."),
+    "reconcile": ("pipelines.reconcile", "Compare our candles with the venue's own klines."),
 }
 
 

@@ -3,7 +3,9 @@
 Pub/Sub emulator + local BigQuery API server on loopback → the Python ingest worker publishes the
 bundled Binance day → the streaming pipeline (DirectRunner) reads Pub/Sub in event time and
 appends ticks, candles and dead letters to BigQuery through the Storage Write API (the server's
-gRPC port) → the analytics views are queried.
+gRPC port) → the analytics views are queried. Last, the proof: the bundled day's exact candles
+(``mds replay`` into the same dataset) against Binance's own klines of that day, served by a
+loopback stand-in of Binance's kline API (``mds reconcile``; docs/reconcile.md).
 
 The DirectRunner's Pub/Sub source sets the watermark to wall-clock time (docs/local-stack.md), so
 historical ticks would all arrive "late". The demo therefore replays the day compressed
@@ -31,6 +33,7 @@ from pipelines.emulators import (BigQueryEmulator, PubSubEmulator, ensure_topic_
                                  pubsub_env, terminate_group)
 from pipelines.local_names import (DEFAULT_DATASET, LOCAL_PROJECT, TICKS_SUBSCRIPTION, TICKS_TOPIC)
 from pipelines.replay import SAMPLE
+from reconcile.loopback import LoopbackVenue, binance_klines, load_klines
 from transforms.bigquery import ensure_tables, ensure_views, make_client
 
 PROJECT, DATASET = LOCAL_PROJECT, DEFAULT_DATASET
@@ -122,6 +125,31 @@ def summary(client: Any, published: int) -> list[str]:
     return lines
 
 
+def reconcile_sample(client: Any, env: dict[str, str], workdir: str,
+                     dataset: str = f"{PROJECT}:{DATASET}") -> list[str]:
+    """Replays the bundled day into the demo's dataset, reconciles its 4h and 24h candles with
+    Binance's official klines (bundled, served on loopback in Binance's format) and returns the
+    match rates the ``reconciliation_by_day`` view gives. ``mds reconcile`` prints its own
+    ``✅ reconciled ...`` lines; a step that cannot run raises."""
+    official = load_klines()
+    day_ms = official["klines"]["1d"][0][0]
+    start, end = iso_from_us(day_ms * 1000), iso_from_us((day_ms + 86_400_000) * 1000)
+    mds = [sys.executable, "-m", "pipelines.cli"]
+    subprocess.run(mds + ["replay", "--output-dir", os.path.join(workdir, "replay"), "--quiet",
+                          "--timeframes", "4h,24h", "--feature-timeframes", "", "--start-time", start,
+                          "--end-time", end, "--output-dataset", dataset], env=env, check=True)
+    with LoopbackVenue(binance_klines(official["symbol"], official["klines"])) as venue:
+        reconciled = subprocess.run(mds + ["reconcile", "--exchange", "binance", "--symbol", official["symbol"],
+                                           "--timeframe", "4h,24h", "--from", start, "--to", end,
+                                           "--dataset", dataset, "--endpoint", venue.endpoint], env=env)
+    if reconciled.returncode == 2:  # 1 = a candle differs: its ❌ line and the view say where
+        raise RuntimeError("mds reconcile could not compare the candles (its error is above)")
+    rates = _query(client, f"SELECT day, timeframe, matched, candles - empty AS compared, match_rate "
+                           f"FROM `{dataset.replace(':', '.')}.reconciliation_by_day` ORDER BY day, timeframe")
+    return [f"   reconciliation_by_day {r['day']} {r['timeframe']:>4}: {r['matched']}/{r['compared']} "
+            f"match ({(r['match_rate'] or 0) * 100:.0f}%)" for r in rates]
+
+
 def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, \
             tempfile.TemporaryDirectory(prefix="mds-demo-") as workdir, pubsub_env(pubsub.host):
@@ -163,6 +191,10 @@ def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
             time.sleep(args.drain_seconds)
             print(bigquery_line(client), flush=True)
             for line in summary(client, published):
+                print(line, flush=True)
+            print("\n🔎 the bundled day's candles (mds replay) against Binance's own klines "
+                  "(mds reconcile; a loopback stand-in of Binance's kline API serves them)", flush=True)
+            for line in reconcile_sample(client, env, workdir):
                 print(line, flush=True)
         finally:
             heartbeat.stop()

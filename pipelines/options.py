@@ -94,6 +94,15 @@ class MarketDataOptions(PipelineOptions):
                                  "cleared.")
         parser.add_argument("--max_future_seconds", type=int, default=86400,
                             help="Ticks stamped further than this into the future are rejected.")
+        parser.add_argument("--reconcile_delay_seconds", type=int, default=0,
+                            help="Streaming: compare each final 1m candle with the venue's own kline "
+                                 "this many seconds after its window closed (e.g. 180; more than the "
+                                 "allowed lateness) into candle_reconciliation; 0 disables it. The "
+                                 "workers need internet access to the venues' REST APIs.")
+        parser.add_argument("--reconcile_endpoints", default=None,
+                            help="Kline API base URLs replacing the venues' public ones, e.g. "
+                                 "binance=https://proxy.example.com,okx=https://...: a proxy or a "
+                                 "mirror reachable from the workers.")
         parser.add_argument("--console", type=str2bool, default=False,
                             help="Print seed-style console lines for candles/ticks as they are "
                                  "produced (local runs).")

@@ -20,6 +20,7 @@ from apache_beam.pvalue import PCollection
 from ingest.message import parse_time_us
 from pipelines.options import MarketDataOptions
 from pipelines.read_files import ReadTickFiles
+from reconcile.fetch import parse_endpoints
 from transforms.bigquery import ensure_tables, ensure_views, make_client, split_dataset_ref
 from transforms.bigquery_sink import STORAGE_WRITE_API, WriteRowsToBigQuery
 from transforms.bounded import CountPerDaySymbolFn, KeepRangeFn
@@ -28,7 +29,8 @@ from transforms.candles import CandlesFromTicks, parse_timeframes
 from transforms.checkpoint import WriteCheckpointFn, read_checkpoints
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.global_flatten import GlobalFlatten
-from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
+from transforms.reconcile_candles import RECONCILE_TIMEFRAME, ReconcileCandles, ReconcileCandlesFn
+from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, RECONCILIATION_TABLE, TICKS_TABLE
 from transforms.sequencer import SequenceCandles, SequenceCandlesFn
 from transforms.sinks import (FinalizeRowsFn, PrintCandlesFn, WriteJsonLines, WriteRowFiles)
 from transforms.storage_write import storage_emulator_host
@@ -74,6 +76,7 @@ class PipelineOutputs(NamedTuple):
     ticks: Optional[PCollection]  # lists of tick rows, one per TickBatch: ticks stay batched
     candles: Optional[PCollection]
     dead_letter: PCollection
+    reconciliation: Optional[PCollection] = None  # --reconcile_delay_seconds: candle_reconciliation rows
 
 
 class MarketData(beam.PTransform):
@@ -132,6 +135,13 @@ class MarketData(beam.PTransform):
                     (read_checkpoints(opts.checkpoint_dir) if opts.checkpoint_dir else [])])
                 candles = sequenced.rows
                 failures += [panes.dead_letter, sequenced[DEAD_LETTER_TAG]]
+        reconciliation = None
+        if opts.reconcile_delay_seconds:
+            _check_reconciliation(opts, self._bounded, labels)
+            reconciled = candles | "ReconcileCandles" >> ReconcileCandles(ReconcileCandlesFn(
+                opts.reconcile_delay_seconds, parse_endpoints(opts.reconcile_endpoints)))
+            reconciliation = reconciled.rows
+            failures.append(reconciled[DEAD_LETTER_TAG])
         ticks = None
         if opts.mode in ("ticks", "both"):
             rows = unique | "TickRows" >> beam.ParDo(TickRowsFn()).with_outputs(
@@ -144,7 +154,18 @@ class MarketData(beam.PTransform):
             dead_letter | "CountDeadLetters" >> beam.ParDo(CountPerDaySymbolFn("dead_letters"))
             if candles is not None:
                 candles | "CountCandles" >> beam.ParDo(CountPerDaySymbolFn("candles"))
-        return PipelineOutputs(ticks, candles, dead_letter)
+        return PipelineOutputs(ticks, candles, dead_letter, reconciliation)
+
+
+def _check_reconciliation(opts: MarketDataOptions, bounded: bool, timeframes: set[str]) -> None:
+    """The streaming reconciliation compares final 1m candles as they close; a bounded run has
+    ``mds reconcile``, which asks the venue for a whole range at once."""
+    if bounded:
+        raise ValueError("--reconcile_delay_seconds is for streaming jobs; reconcile a bounded run's "
+                         "output with `mds reconcile --input-dir` or `--dataset`")
+    if opts.mode == "ticks" or RECONCILE_TIMEFRAME[0] not in timeframes:
+        raise ValueError(f"--reconcile_delay_seconds needs candles (--mode candles or both) with "
+                         f"{RECONCILE_TIMEFRAME[0]} in --timeframes")
 
 
 def time_range(opts: MarketDataOptions) -> tuple[Optional[int], Optional[int]]:
@@ -167,7 +188,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
                                                     progress_dir)
     outputs = messages | "MarketData" >> MarketData(opts, bounded)
     tables = {TICKS_TABLE: outputs.ticks, CANDLES_TABLE: outputs.candles,
-              DEAD_LETTER_TABLE: outputs.dead_letter}
+              DEAD_LETTER_TABLE: outputs.dead_letter, RECONCILIATION_TABLE: outputs.reconciliation}
     # A bounded run's Storage Write API rows stay in PENDING streams until one commit at its end.
     pending = (PendingStreams() if bounded and opts.output_dataset
                and opts.bigquery_write_method == STORAGE_WRITE_API else None)

@@ -16,6 +16,7 @@ from pipelines.options import MarketDataOptions
 from pipelines.streaming_pipeline import MarketData
 
 T0_US = 1_502_928_000_000_000  # 2017-08-17T00:00:00Z
+OUTPUTS = ("ticks", "candles", "dead_letter", "reconciliation")
 SECOND_US = 1_000_000
 
 
@@ -72,15 +73,14 @@ def run_market_data(source: Any, opts: PipelineOptions, streaming: bool) -> dict
     with beam.Pipeline(runner="DirectRunner", options=opts) as pipeline:
         messages = pipeline | "Source" >> (source if not isinstance(source, list) else beam.Create(source))
         outputs = messages | MarketData(opts.view_as(MarketDataOptions), bounded=not streaming)
-        for name in ("ticks", "candles", "dead_letter"):
+        for name in OUTPUTS:
             collection = getattr(outputs, name)
             if name == "ticks" and collection is not None:
                 collection = collection | "UnbatchTicks" >> beam.FlatMap(lambda batch: batch)
             if collection is not None:
                 collection | f"Collect{name}" >> beam.ParDo(CollectFn(f"{run_id}:{name}"))
     with _Collected.lock:
-        return {name: _Collected.rows.pop(f"{run_id}:{name}", [])
-                for name in ("ticks", "candles", "dead_letter")}
+        return {name: _Collected.rows.pop(f"{run_id}:{name}", []) for name in OUTPUTS}
 
 
 def by_timeframe(candles: Iterable[dict[str, Any]], timeframe: str, final_only: bool = True

@@ -43,7 +43,7 @@ def insert(client: Any, dataset: str, table: str, rows: list[dict[str, Any]]) ->
 def test_tables_have_schema_partitioning_and_clustering_and_second_call_is_a_no_op(client: Any) -> None:
     ref = f"{PROJECT}:tables_{uuid.uuid4().hex[:8]}"
     assert bq.ensure_tables(client, ref) == [schemas.TICKS_TABLE, schemas.CANDLES_TABLE,
-                                             schemas.DEAD_LETTER_TABLE]
+                                             schemas.DEAD_LETTER_TABLE, schemas.RECONCILIATION_TABLE]
     created = {name: client.get_table(table_path(ref, name)).created for name in schemas.FIELDS}
     for name, fields in schemas.FIELDS.items():
         table = client.get_table(table_path(ref, name))

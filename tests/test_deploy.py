@@ -87,7 +87,8 @@ def test_full_deploy_plan_for_each_mode(sandbox_path: tuple[str, Path], mode: st
     assert subscription[4] == f"mds-ticks-dataflow-{mode}" and flag(subscription, "--topic") == "mds-ticks"
 
     tables = {c[-2]: c for c in find(commands, "bq", "--project_id", PROJECT, "mk") if "--table" in c}
-    assert set(tables) == {f"{PROJECT}:market_data.{t}" for t in ("ticks", "candles", "dead_letter")}
+    assert set(tables) == {f"{PROJECT}:market_data.{t}"
+                           for t in ("ticks", "candles", "dead_letter", "candle_reconciliation")}
     assert "--time_partitioning_field=timestamp_in" in tables[f"{PROJECT}:market_data.candles"]
     assert "--clustering_fields=symbol,timeframe" in tables[f"{PROJECT}:market_data.candles"]
     assert "--clustering_fields=exchange,symbol" in tables[f"{PROJECT}:market_data.ticks"]

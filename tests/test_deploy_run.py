@@ -19,6 +19,7 @@ import pytest
 
 from tests.cloud_fakes import Call, FakeGoogleApis, Request, StubCli, real_gcloud_env
 from transforms.bigquery import VIEW_NAMES
+from transforms.schemas import FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "deploy" / "deploy-streaming-service.sh"
@@ -256,7 +257,7 @@ def test_infra_creates_tables_and_views_from_the_venv(stub: StubCli) -> None:
     result = stub.run(SCRIPT, "infra", "--project", PROJECT, env=PYTHON_ENV)
     assert result.returncode == 0, result.stderr
     calls = stub.calls()
-    assert len([c for c in find(calls, "bq", "--project_id", PROJECT, "mk") if "--table" in c]) == 3
+    assert len([c for c in find(calls, "bq", "--project_id", PROJECT, "mk") if "--table" in c]) == len(FIELDS)
     assert len(find(calls, "bq", "--project_id", PROJECT, "--location", "us-central1", "query")) == len(VIEW_NAMES)
 
 

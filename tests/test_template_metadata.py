@@ -141,6 +141,12 @@ GOOD_AND_BAD = {
     "max_future_seconds": (["86400"], ["-86400"]),
     "gap_candles": (["true", "false", "True", "0", "1"], ["maybe", "", "truee"]),
     "console": (["false", "TRUE"], ["on"]),
+    "reconcile_delay_seconds": (["0", "180"], ["-1", "3m", ""]),
+    "reconcile_endpoints": (
+        ["binance=https://klines-proxy.example.com", "binance=http://10.0.0.7:8080,okx=https://okx.example/api",
+         "binance-futures=https://fapi.example.com"],
+        ["binance", "bitmex=https://x.example.com", "binance=ftp://x", "binance=https://x.example.com,",
+         "binance=https://a.example.com okx=https://b.example.com", "Binance=https://x.example.com"]),
     "mode": (["candles", "ticks", "both"], ["Candles", "ohlcv", "", "ticks,candles"]),
     "bigquery_write_method": (["STORAGE_WRITE_API", "STREAMING_INSERTS"],
                               ["storage_write_api", "FILE_LOADS", "STORAGE_API_AT_LEAST_ONCE", ""]),

@@ -24,7 +24,7 @@ STORAGE_WRITE_USD_PER_GIB = 0.025
 VIEWS_DIR = Path(__file__).resolve().parent / "views"
 # In creation order: a view is created after the views it reads.
 VIEW_NAMES = ("ticks_unique", "candles_unique", "candles_latest", "candles_current",
-              "latency_by_minute", "volume_by_hour", "rows_cost_by_day")
+              "latency_by_minute", "volume_by_hour", "rows_cost_by_day", "reconciliation_by_day")
 
 
 def make_client(project: str, endpoint: str | None = None) -> Any:
@@ -94,7 +94,7 @@ def view_sql(project: str, dataset: str) -> dict[str, str]:
         f"SELECT '{table}' AS table_name, DATE(COALESCE(timestamp_out, "
         f"{schemas.TIME_PARTITIONING[table]['field']})) AS day, {_row_bytes_sql(table)} AS row_bytes "
         f"FROM `{project}.{dataset}.{table}`"
-        for table in (schemas.TICKS_TABLE, schemas.CANDLES_TABLE, schemas.DEAD_LETTER_TABLE))
+        for table in schemas.FIELDS)
     values = {"dataset": f"{project}.{dataset}", "row_bytes_per_table": row_bytes,
               "streaming_insert_min_row_bytes": STREAMING_INSERT_MIN_ROW_BYTES,
               "streaming_insert_usd_per_200_mib": STREAMING_INSERT_USD_PER_200_MIB,

@@ -12,6 +12,7 @@ from transforms.features import FEATURE_NAMES
 TICKS_TABLE = "ticks"
 CANDLES_TABLE = "candles"
 DEAD_LETTER_TABLE = "dead_letter"
+RECONCILIATION_TABLE = "candle_reconciliation"
 
 
 def _field(name: str, field_type: str, mode: str = "NULLABLE", description: str = "") -> dict[str, Any]:
@@ -80,20 +81,53 @@ DEAD_LETTER_FIELDS: list[dict[str, Any]] = [
     _field("timestamp_out", "TIMESTAMP", "REQUIRED"),
 ]
 
+RECONCILIATION_FIELDS: list[dict[str, Any]] = [
+    _field("exchange", "STRING", "REQUIRED"),
+    _field("symbol", "STRING", "REQUIRED"),
+    _field("native_symbol", "STRING"),
+    _field("timeframe", "STRING", "REQUIRED"),
+    _field("timestamp_in", "TIMESTAMP", "REQUIRED", "Open time of the candle and of the venue's kline."),
+    _field("venue_interval", "STRING", description="The venue's name of the interval: 1m, 1Dutc, 240..."),
+    _field("status", "STRING", "REQUIRED", "match, mismatch, missing_ours (the venue has a kline with "
+           "volume, we have no candle), missing_venue (we have trades, the venue no kline), empty "
+           "(no trades on either side)."),
+    _field("first_difference", "STRING", description="First differing field of a mismatch, in the "
+           "order open, high, low, close, volume, trades."),
+    _field("differing_fields", "STRING", description="Every differing field, comma separated."),
+    _field("fields_compared", "STRING", description="The fields the venue gives, comma separated."),
+    _field("volume_tolerance", "FLOAT64", description="Relative tolerance of the volume comparison: "
+           "0 (exact) but for inverse contracts, whose base volume is a sum of quotients."),
+] + [_field(name, "INT64" if name == "trades" else "FLOAT64", description=f"Our candle's {name}.")
+     for name in ("open", "high", "low", "close", "volume", "trades")] + [
+    _field(f"venue_{name}", "INT64" if name == "trades" else "FLOAT64",
+           description=f"The venue's {name}, its decimal rounded once to FLOAT64.")
+    for name in ("open", "high", "low", "close", "volume", "trades")] + [
+    _field("volume_difference", "FLOAT64", description="venue volume - our volume, exact, rounded once."),
+    _field("candle_revision", "INT64", description="Revision of our candle that was compared."),
+    _field("candle_is_partial", "BOOL", description="Our candle was partial (a feed disconnect, or "
+           "the first of its series): a difference is expected."),
+    _field("source", "STRING", description="Where our candles came from: bigquery:..., files:..., stream."),
+    _field("timestamp_out", "TIMESTAMP", "REQUIRED", "When the comparison was made; the latest per "
+           "candle is the verdict."),
+]
+
 TIME_PARTITIONING = {
     TICKS_TABLE: {"type": "DAY", "field": "timestamp"},
     CANDLES_TABLE: {"type": "DAY", "field": "timestamp_in"},
     DEAD_LETTER_TABLE: {"type": "DAY", "field": "timestamp_out"},
+    RECONCILIATION_TABLE: {"type": "DAY", "field": "timestamp_in"},
 }
 CLUSTERING = {
     TICKS_TABLE: ["exchange", "symbol"],
     CANDLES_TABLE: ["symbol", "timeframe"],
     DEAD_LETTER_TABLE: ["stage"],
+    RECONCILIATION_TABLE: ["exchange", "symbol", "timeframe", "status"],
 }
 # Columns that identify a row, sent as its insertId so BigQuery's best-effort dedup drops a row
 # a retried request delivers twice. Other tables get a random id per row.
 INSERT_ID_COLUMNS: dict[str, tuple[str, ...]] = {TICKS_TABLE: ("exchange", "symbol", "id")}
-FIELDS = {TICKS_TABLE: TICK_FIELDS, CANDLES_TABLE: CANDLE_FIELDS, DEAD_LETTER_TABLE: DEAD_LETTER_FIELDS}
+FIELDS = {TICKS_TABLE: TICK_FIELDS, CANDLES_TABLE: CANDLE_FIELDS, DEAD_LETTER_TABLE: DEAD_LETTER_FIELDS,
+          RECONCILIATION_TABLE: RECONCILIATION_FIELDS}
 
 CANDLE_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in CANDLE_FIELDS)
 TICK_COLUMNS: tuple[str, ...] = tuple(f["name"] for f in TICK_FIELDS)

@@ -20,10 +20,11 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from ingest.message import iso_from_us, parse_time_us
-from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, FIELDS, TICKS_TABLE
+from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, FIELDS, RECONCILIATION_TABLE, TICKS_TABLE
 
 # The column each table's latency is measured from.
-LATENCY_FROM = {CANDLES_TABLE: "window_end", TICKS_TABLE: "timestamp", DEAD_LETTER_TABLE: None}
+LATENCY_FROM = {CANDLES_TABLE: "window_end", TICKS_TABLE: "timestamp", DEAD_LETTER_TABLE: None,
+                RECONCILIATION_TABLE: None}
 TIMESTAMP_COLUMNS = {table: tuple(f["name"] for f in fields if f["type"] == "TIMESTAMP")
                      for table, fields in FIELDS.items()}
 COLUMNS = {table: tuple(f["name"] for f in fields) for table, fields in FIELDS.items()}
