@@ -75,7 +75,7 @@ STREAMING_INSERT_USD_PER_200_MIB = 0.01
 STREAMING_INSERT_MIN_ROW_BYTES = 1024
 
 VIEW_NAMES = ("candles_latest", "candles_current", "latency_by_minute", "volume_by_hour",
-              "rows_cost_by_day")
+              "rows_cost_by_day", "completeness_by_day")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +204,16 @@ SELECT TIMESTAMP_TRUNC(timestamp_in, HOUR) AS hour, exchange, symbol,
 FROM {ds}.candles_latest`
 WHERE timeframe = '1m'
 GROUP BY hour, exchange, symbol""",
+        # How complete the candles of each day are, from their latest revision (SPEC §3.3). A
+        # missing range touching two candles counts in both, so the column is the worst candle's
+        # count, not a total; NULL where the venue cannot tell.
+        "completeness_by_day": f"""
+SELECT DATE(timestamp_in) AS day, exchange, symbol, timeframe, COUNT(*) AS candle_count,
+  COUNTIF(is_complete) AS complete_candles, COUNTIF(missing_trades > 0) AS candles_missing_trades,
+  MAX(missing_trades) AS max_missing_trades, COUNTIF(is_partial) AS partial_candles
+FROM {ds}.candles_latest`
+WHERE is_final
+GROUP BY day, exchange, symbol, timeframe""",
         # Rows, approximate bytes and streaming-insert cost per day (of insert) and table.
         "rows_cost_by_day": f"""
 SELECT day, table_name, COUNT(*) AS row_count, SUM(row_bytes) AS approx_bytes,
