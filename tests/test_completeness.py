@@ -178,3 +178,42 @@ def test_bounded_replay_counts_ranges_and_fills_across_hours_exactly_once():
     lost = run_market_data(received(), options(), streaming=False)["candles"]
     assert [latest(lost, tf)[T0_US]["missing_trades"] for tf in ("1m", "4h", "24h")] == [3, 3, 3]
     assert [latest(lost, "15s")[s]["missing_trades"] for s in (T0_US, at(15), at(30))] == [0, 3, 3]
+
+
+ALL_TIMEFRAMES = ("15s", "1m", "5m", "15m", "4h", "24h")
+DAY_S = 86_400
+
+
+def _before(exchange: str = "binance") -> list:
+    """Trade 0 just before the day: every timeframe's gap window is the second of its series
+    (a series' first candle is never complete: trades before the job started are unknown)."""
+    return [message([tick(0, 100.0, 1.0, at(-1), exchange=exchange)])]
+
+
+def test_recovery_after_every_timeframe_closed_raises_each_revision_to_complete():
+    """Recovery a day late (allowed lateness permitting): the final candle of every timeframe
+    had the 3 trades missing; its correction (revision + 1) has them, missing 0 and complete."""
+    stream = _stream([(_before() + received(), DAY_S + 60), (recovered(), DAY_S + 90)])
+    rows = run_market_data(stream, options(allowed_lateness_seconds=2 * DAY_S), streaming=True)["candles"]
+    windows = {"15s": (at(15), at(30))}
+    for tf in ALL_TIMEFRAMES:
+        for start in windows.get(tf, (T0_US,)):
+            versions = sorted((c for c in rows if c["timeframe"] == tf and c["timestamp_in"] == start
+                               and c["is_final"]), key=lambda c: c["revision"])
+            first, last = versions[0], versions[-1]
+            assert (first["missing_trades"], first["is_complete"]) == (3, False), (tf, start)
+            assert (last["missing_trades"], last["is_complete"], last["revision"]) == \
+                (0, True, first["revision"] + 1), (tf, start)
+
+
+def test_a_trade_received_live_and_recovered_counts_once_and_fills_its_range():
+    """Trade 6 arrives live after the range was reported (no fill mark), then recovery sends
+    5..7 again: the recovered 6 is a duplicate, dropped, and its fill mark still counts."""
+    late_live = [message([trade(6)])]
+    stream = _stream([(received() + late_live, 40), (recovered(), 70)])
+    for rows in (run_market_data(stream, options(), streaming=True)["candles"],
+                 run_market_data(received() + late_live + recovered(), options(), streaming=False)["candles"]):
+        final = latest(rows, "15s")
+        assert [final[s]["trades"] for s in (T0_US, at(15), at(30))] == [3, 3, 2]
+        assert [final[s]["missing_trades"] for s in (at(15), at(30))] == [0, 0]
+        assert latest(rows, "1m")[T0_US]["trades"] == 8 and latest(rows, "1m")[T0_US]["missing_trades"] == 0

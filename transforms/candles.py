@@ -8,6 +8,7 @@ smallest and largest (timestamp, id), so arrival order never changes a candle.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any, Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
@@ -203,6 +204,7 @@ def batch_fragments(batch: TickBatch) -> list[list[Any]]:
     return fragments
 
 
+@lru_cache(maxsize=1)
 def sequential_exchanges() -> frozenset[str]:
     """Venues whose trade ids are sequential per instrument (``ingest/contract/venues.json``):
     only there can a worker tell what is missing."""

@@ -61,7 +61,7 @@ class DedupTicksFn(beam.DoFn):
         keep = seen.unseen(keys)
         if not keep.all():
             self.duplicates.inc(int((~keep).sum()))
-            batch, keys = batch.take(keep), keys[keep]
+            batch, keys = batch.without(~keep), keys[keep]
         self.unique.inc(len(batch))
         if len(batch):
             seen.add(keys, batch.ts_us)

@@ -22,7 +22,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from ingest import message as wire
 from transforms import tick_rules as rules
-from transforms.completeness import RangeKey, clip_span
+from transforms.completeness import RangeKey
+from transforms.missing_ranges import MissingRange, fill_columns, fill_dict, fill_of, missing_dict, missing_range
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter, dead_letter_on_error
 
 BUCKET_US = 15_000_000  # the finest timeframe; every timeframe is a multiple of it
@@ -31,8 +32,6 @@ SIDE_NAMES = {1: "buy", -1: "sell", 0: "unknown"}
 STAGE_PARSE = "parse"
 
 MarketKey = Tuple[str, str]  # (exchange, symbol): the key of every per-market step
-MAX_SEQ = 2 ** 62  # venue sequence numbers in missing ranges and fill marks
-MissingRange = Tuple[int, int, int, int]  # (from µs, to µs, fromSeq, count): a reported range
 
 
 @dataclass
@@ -57,6 +56,7 @@ class TickBatch:
     fill_keys: tuple[RangeKey, ...] = ()  # the ranges some of these ticks fill
     fill_index: np.ndarray | None = None  # int32 per tick: its range in fill_keys, -1 none
     fill_seq: np.ndarray | None = None  # int64 per tick: its venue sequence number when it fills
+    found: tuple[tuple[RangeKey, np.ndarray], ...] = ()  # fill marks of duplicates dropped (``without``)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -83,19 +83,29 @@ class TickBatch:
                          self.publish_time_us, self.disconnect,
                          None if self.id_keys is None else self.id_keys[index], self.marker_us,
                          self.missing, self.fill_keys, self.fill_index[index] if fills else None,
-                         self.fill_seq[index] if fills else None)
+                         self.fill_seq[index] if fills else None, self.found)
+
+    def without(self, drop: np.ndarray) -> "TickBatch":
+        """The batch without the ``drop`` ticks (duplicates), keeping their fill marks: a trade
+        that came live and recovered is counted once, and its range is filled whichever copy
+        carried the mark."""
+        kept = self.take(~drop)
+        kept.found = tuple(self.take(drop).fills().items())
+        return kept
 
     @property
     def has_news(self) -> bool:
-        """Something for the candles besides ticks: a disconnect marker or a missing range."""
-        return self.disconnect or bool(self.missing)
+        """Something for the candles besides ticks: a disconnect marker, a missing range or a fill."""
+        return self.disconnect or bool(self.missing) or bool(self.found)
 
     def fills(self) -> dict[RangeKey, np.ndarray]:
-        """The sequence numbers these ticks fill, per missing range."""
-        if self.fill_index is None:
-            return {}
-        return {key: self.fill_seq[self.fill_index == i] for i, key in enumerate(self.fill_keys)
-                if (self.fill_index == i).any()}
+        """The sequence numbers these ticks (and dropped duplicates) fill, per missing range."""
+        fills = dict(self.found)
+        for i, key in enumerate(self.fill_keys):
+            seqs = self.fill_seq[self.fill_index == i]
+            if seqs.size:
+                fills[key] = np.concatenate([fills[key], seqs]) if key in fills else seqs
+        return fills
 
     def tick_dicts(self) -> Iterator[dict[str, Any]]:
         """The ticks back in wire format (for dead-letter payloads), fill marks included."""
@@ -105,19 +115,13 @@ class TickBatch:
                                   SIDE_NAMES[int(self.side[i])], int(self.ts_us[i]),
                                   int(self.local_ts_us[i]))
             if self.fill_index is not None and self.fill_index[i] >= 0:
-                from_us, to_us, from_seq = self.fill_keys[int(self.fill_index[i])]
-                tick[wire.FIELD_FILLS] = {wire.RANGE_FROM: wire.iso_from_us(from_us),
-                                          wire.RANGE_TO: wire.iso_from_us(to_us),
-                                          wire.RANGE_FROM_SEQ: from_seq, wire.FILL_SEQ: int(self.fill_seq[i])}
+                tick[wire.FIELD_FILLS] = fill_dict(self.fill_keys[int(self.fill_index[i])], int(self.fill_seq[i]))
             yield tick
 
     def missing_dicts(self) -> Iterator[dict[str, Any]]:
         """The missing ranges back in wire format (for dead-letter payloads)."""
-        for from_us, to_us, from_seq, count in self.missing:
-            yield {wire.FIELD_EXCHANGE: self.exchange, wire.FIELD_SYMBOL: self.symbol,
-                   wire.RANGE_FROM: wire.iso_from_us(from_us), wire.RANGE_TO: wire.iso_from_us(to_us),
-                   wire.RANGE_FROM_SEQ: from_seq, wire.RANGE_TO_SEQ: from_seq + count - 1,
-                   wire.RANGE_COUNT: count}
+        for missing in self.missing:
+            yield missing_dict(self.exchange, self.symbol, missing)
 
     def dead_letter_payload(self) -> dict[str, Any]:
         """What a dead-letter row shows of a batch that failed a step."""
@@ -132,57 +136,6 @@ def _number(value: Any, name: str) -> float:
         return float(value)
     except OverflowError:  # an integer too large for a float
         raise ValueError(f"{name} is out of range: {str(value)[:40]}") from None
-
-
-def _sequence_number(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_SEQ:
-        raise ValueError(f"{name} must be an integer in [0, 2^62): {value!r}"[:200])
-    return value
-
-
-def _span(entry: dict[str, Any], max_ts_us: int) -> tuple[int, int]:
-    """A range's ``from``/``to`` in µs: ordered, within [1970, the future bound]; cut to the
-    span the candles count (``completeness.clip_span``)."""
-    from_us = wire.parse_time_us(entry[wire.RANGE_FROM])
-    to_us = wire.parse_time_us(entry[wire.RANGE_TO])
-    if not 0 <= from_us <= to_us <= max_ts_us:
-        raise ValueError("from/to must be ordered times between 1970 and the future bound")
-    return clip_span(from_us, to_us)
-
-
-def _fill_of(value: Any, max_ts_us: int) -> tuple[RangeKey, int] | None:
-    """A tick's ``fills`` mark → (range key, its sequence number); None when absent."""
-    if value is None:
-        return None
-    try:
-        if not isinstance(value, dict):
-            raise ValueError("not an object")
-        from_us, to_us = _span(value, max_ts_us)
-        from_seq = _sequence_number(value[wire.RANGE_FROM_SEQ], wire.RANGE_FROM_SEQ)
-        seq = _sequence_number(value[wire.FILL_SEQ], wire.FILL_SEQ)
-    except (ValueError, TypeError, KeyError, OverflowError) as exc:
-        raise ValueError(f"fills must be {{from, to, fromSeq, seq}}: {exc}"[:300]) from None
-    if seq < from_seq:
-        raise ValueError("fills: seq is before fromSeq")
-    return (from_us, to_us, from_seq), seq
-
-
-def _missing_range(entry: Any, max_ts_us: int) -> tuple[str, str, MissingRange]:
-    """A ``missing`` entry → (exchange, symbol, range); ValueError with the reason."""
-    if not isinstance(entry, dict):
-        raise ValueError("a missing range must be an object")
-    exchange, symbol = entry[wire.FIELD_EXCHANGE], entry[wire.FIELD_SYMBOL]
-    problem = (rules.exchange_problem(exchange)
-               or rules.text_problem(symbol, "symbol", rules.MAX_SYMBOL_CHARS))
-    if problem:
-        raise ValueError(problem)
-    from_us, to_us = _span(entry, max_ts_us)
-    from_seq = _sequence_number(entry[wire.RANGE_FROM_SEQ], wire.RANGE_FROM_SEQ)
-    to_seq = _sequence_number(entry[wire.RANGE_TO_SEQ], wire.RANGE_TO_SEQ)
-    count = entry[wire.RANGE_COUNT]
-    if isinstance(count, bool) or not isinstance(count, int) or count != to_seq - from_seq + 1 or count < 0:
-        raise ValueError(f"count must be toSeq - fromSeq + 1 >= 0: {count!r}"[:200])
-    return exchange, symbol, (from_us, to_us, from_seq, count)
 
 
 def _validate_tick(tick: Any, min_ts_us: int | None, max_ts_us: int) -> tuple:
@@ -224,7 +177,7 @@ def _validate_tick(tick: Any, min_ts_us: int | None, max_ts_us: int) -> tuple:
     local_us = wire.parse_time_us(local) if local not in (None, "") else ts_us
     if not 0 <= local_us <= max_ts_us:
         raise ValueError("localTimestamp is before 1970 or too far in the future")
-    fill = _fill_of(tick.get(wire.FIELD_FILLS), max_ts_us)
+    fill = fill_of(tick.get(wire.FIELD_FILLS), max_ts_us)
     return exchange, symbol, native, trade_id, ts_us, local_us, price, amount, SIDE_CODES[side], fill
 
 
@@ -289,11 +242,11 @@ def parse_records(records: Sequence[Any], attributes: Mapping[str, str] | None =
         natives.setdefault((exchange, symbol), symbol)
     for entry in missing:
         try:
-            exchange, symbol, missing_range = _missing_range(entry, max_ts_us)
-        except (ValueError, TypeError, KeyError, OverflowError) as exc:
-            dead.append(dead_letter(STAGE_PARSE, f"bad missing range: {exc}"[:300], entry, attributes))
+            exchange, symbol, reported = missing_range(entry, max_ts_us)
+        except ValueError as exc:
+            dead.append(dead_letter(STAGE_PARSE, str(exc), entry, attributes))
             continue
-        ranges.setdefault((exchange, symbol, missing_range[1] // BUCKET_US), []).append(missing_range)
+        ranges.setdefault((exchange, symbol, reported[1] // BUCKET_US), []).append(reported)
         natives.setdefault((exchange, symbol), symbol)
     return [_batch(key, groups.get(key, []), natives[key[:2]], publish_time_us, markers.get(key, ()),
                    ranges.get(key, ()))
@@ -306,12 +259,7 @@ def _batch(key: tuple[str, str, int], rows: list[tuple], native: str, publish_ti
     it still concerns its candles)."""
     exchange, symbol, bucket = key
     ids, ts, local, price, amount, side, fills = zip(*rows) if rows else ((),) * 7
-    fill_keys = tuple(dict.fromkeys(fill[0] for fill in fills if fill is not None))
-    fill_index = fill_seq = None
-    if fill_keys:
-        position = {key: i for i, key in enumerate(fill_keys)}
-        fill_index = np.array([-1 if f is None else position[f[0]] for f in fills], dtype=np.int32)
-        fill_seq = np.array([-1 if f is None else f[1] for f in fills], dtype=np.int64)
+    fill_keys, fill_index, fill_seq = fill_columns(fills)
     return TickBatch(exchange, symbol, native, list(ids), np.asarray(ts, dtype=np.int64),
                      np.asarray(local, dtype=np.int64), np.asarray(price, dtype=np.float64),
                      np.asarray(amount, dtype=np.float64), np.asarray(side, dtype=np.int8), bucket,
