@@ -54,7 +54,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ticks = min(int(args.rate * seconds), day.ticks)
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, BIGQUERY_EMULATOR_HOST=bigquery.endpoint)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, **bigquery.client_env())
         log = open(os.path.join(args.work_dir, "soak_pipeline.log"), "wb")
         pipeline = subprocess.Popen(
             MDS + ["run", "--runner=BundleBasedDirectRunner", f"--input_subscription={subscription}",

@@ -20,7 +20,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from ingest import datasets
 from pipelines.bounded_run import BoundedRun, format_per_day, run_bounded
-from pipelines.options import DEFAULT_FEATURE_TIMEFRAMES, DEFAULT_TIMEFRAMES, MODES, OUTPUT_FORMATS
+from pipelines.options import (DEFAULT_FEATURE_TIMEFRAMES, DEFAULT_TIMEFRAMES, MODES,
+                              OUTPUT_FORMATS, MarketDataOptions)
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE
 
 
@@ -91,7 +92,8 @@ def backfill(args: argparse.Namespace, beam_args: list[str]) -> dict[str, Any]:
     if args.output_dataset and runner.endswith("DirectRunner"):
         from pipelines.streaming_pipeline import prepare_bigquery
 
-        prepare_bigquery(args.output_dataset)
+        prepare_bigquery(args.output_dataset,
+                         PipelineOptions(beam_args).view_as(MarketDataOptions).bigquery_write_method)
     return run_bounded(BoundedRun(
         input_file=files, output_dir=args.output_dir, output_format=args.format,
         output_dataset=args.output_dataset, mode=args.mode, timeframes=args.timeframes,

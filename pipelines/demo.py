@@ -2,7 +2,8 @@
 
 Pub/Sub emulator + local BigQuery API server on loopback → the Python ingest worker publishes the
 bundled Binance day → the streaming pipeline (DirectRunner) reads Pub/Sub in event time and
-streams ticks, candles and dead letters into BigQuery → the analytics views are queried.
+appends ticks, candles and dead letters to BigQuery through the Storage Write API (the server's
+gRPC port) → the analytics views are queried.
 
 The DirectRunner's Pub/Sub source sets the watermark to wall-clock time (docs/local-stack.md), so
 historical ticks would all arrive "late". The demo therefore replays the day compressed
@@ -91,9 +92,10 @@ def _query(client: Any, sql: str) -> list[dict[str, Any]]:
 
 
 def bigquery_line(client: Any) -> str:
-    """The seed's storage line, from the rows/cost view."""
+    """The seed's storage line, from the rows/cost view (priced as the Storage Write API rows
+    the demo's pipeline writes, before the free tier)."""
     rows = _query(client, f"SELECT SUM(row_count) AS n, SUM(approx_bytes) AS b, "
-                          f"SUM(streaming_insert_usd) AS usd FROM `{PROJECT}.{DATASET}.rows_cost_by_day`")
+                          f"SUM(storage_write_api_usd) AS usd FROM `{PROJECT}.{DATASET}.rows_cost_by_day`")
     n, size, usd = (rows[0]["n"] or 0), (rows[0]["b"] or 0), (rows[0]["usd"] or 0.0)
     return f"💾 BigQuery: {n:,} rows streamed, ~{size / 1e6:.2f}MB, ${usd:.4f} cost"
 
@@ -127,13 +129,14 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, \
             tempfile.TemporaryDirectory(prefix="mds-demo-") as workdir, pubsub_env(pubsub.host):
-        print(f"🚀 Pub/Sub emulator {pubsub.host}, BigQuery API {bigquery.endpoint}", flush=True)
+        print(f"🚀 Pub/Sub emulator {pubsub.host}, BigQuery API {bigquery.endpoint} "
+              f"(Storage Write API gRPC {bigquery.grpc_host})", flush=True)
         topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
         client = make_client(PROJECT, bigquery.endpoint)
         ensure_tables(client, f"{PROJECT}:{DATASET}")
         ensure_views(client, f"{PROJECT}:{DATASET}")
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host,
-                   BIGQUERY_EMULATOR_HOST=bigquery.endpoint, GOOGLE_CLOUD_PROJECT=PROJECT)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, GOOGLE_CLOUD_PROJECT=PROJECT,
+                   **bigquery.client_env())
         pipeline = subprocess.Popen(
             [sys.executable, "-m", "pipelines.cli", "run", "--runner=BundleBasedDirectRunner",
              f"--input_subscription={subscription}",

@@ -193,7 +193,8 @@ class BigQueryEmulator(_LocalServer):
     """bqemulator as a child process on loopback ports (REST and gRPC), data in a temp dir.
 
     Reach it with ``transforms.bigquery.make_client(project, emulator.endpoint)``; a pipeline's
-    writers with ``BIGQUERY_EMULATOR_HOST=<emulator.endpoint>`` in their environment.
+    writers with ``emulator.client_env()`` in their environment (REST for tables, views and
+    insertAll; gRPC for the Storage Write API).
     """
 
     _prefix = "bqemulator-"
@@ -207,6 +208,14 @@ class BigQueryEmulator(_LocalServer):
     @property
     def endpoint(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def grpc_host(self) -> str:
+        return f"{LOOPBACK}:{self.grpc_port}"
+
+    def client_env(self) -> dict[str, str]:
+        """The variables that point BigQuery clients and the pipeline's writers at this server."""
+        return bigquery_client_env(self.endpoint, self.grpc_host)
 
     def command(self) -> list[str]:
         return [bqemulator_python(), "-m", "pipelines.bqemulator_offline", "start",
@@ -231,7 +240,16 @@ class BigQueryEmulator(_LocalServer):
                 raise RuntimeError(f"bqemulator on port {self.port} did not become ready; "
                                    f"see {self._log_path}")
             time.sleep(0.1)
+        wait_for_port(LOOPBACK, self.grpc_port, max(deadline - time.monotonic(), 1.0), self.process)
         return self
+
+
+def bigquery_client_env(endpoint: str, grpc_host: str) -> dict[str, str]:
+    """``BIGQUERY_EMULATOR_HOST`` (REST URL) and ``BIGQUERY_STORAGE_EMULATOR_HOST`` (gRPC
+    host:port) for a local BigQuery server."""
+    from transforms.storage_write import REST_EMULATOR_ENV, STORAGE_EMULATOR_ENV
+
+    return {REST_EMULATOR_ENV: endpoint, STORAGE_EMULATOR_ENV: grpc_host}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,9 +303,21 @@ def _health(state: dict[str, Any]) -> dict[str, str]:
         pid, port = state[service]["pid"], state[service]["port"]
         if not _pid_alive(pid):
             checks[service] = f"process {pid} is gone"
+        elif not http_ok(f"http://{LOOPBACK}:{port}{path}"):
+            checks[service] = f"{problem} on port {port}"
+        elif "grpc_port" in state[service] and not _port_open(state[service]["grpc_port"]):
+            checks[service] = f"gRPC port {state[service]['grpc_port']} closed"
         else:
-            checks[service] = "ok" if http_ok(f"http://{LOOPBACK}:{port}{path}") else f"{problem} on port {port}"
+            checks[service] = "ok"
     return checks
+
+
+def _port_open(port: int) -> bool:
+    try:
+        socket.create_connection((LOOPBACK, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
 
 
 def _provision(project: str, pubsub_host: str, bigquery_endpoint: str, dataset: str) -> None:
@@ -376,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Pub/Sub emulator : PUBSUB_EMULATOR_HOST={LOOPBACK}:{state['pubsub']['port']} "
               f"(topics {TICKS_TOPIC}, {CANDLES_TOPIC}; subscription {TICKS_SUBSCRIPTION})")
         print(f"BigQuery emulator: {state['bigquery']['endpoint']} "
-              f"(dataset {args.project}:{args.dataset})")
+              f"(dataset {args.project}:{args.dataset}); for the pipeline: " + " ".join(
+                  f"{name}={value}" for name, value in bigquery_client_env(
+                      state["bigquery"]["endpoint"], f"{LOOPBACK}:{state['bigquery']['grpc_port']}").items()))
         return 0
     if args.action == "down":
         stopped = stack_down(args.state_dir)

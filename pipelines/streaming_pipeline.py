@@ -19,8 +19,8 @@ from apache_beam.pvalue import PCollection
 from ingest.message import parse_time_us
 from pipelines.options import MarketDataOptions
 from pipelines.read_files import ReadTickFiles
-from transforms.bigquery import (WriteRowsToBigQuery, ensure_tables, ensure_views, make_client,
-                                 split_dataset_ref)
+from transforms.bigquery import (STORAGE_WRITE_API, WriteRowsToBigQuery, ensure_tables,
+                                 ensure_views, make_client, split_dataset_ref)
 from transforms.bounded import CountPerDaySymbolFn, KeepRangeFn
 from transforms.bounded_candles import BoundedCandles
 from transforms.candles import CandlesFromTicks, parse_timeframes
@@ -30,6 +30,8 @@ from transforms.global_flatten import GlobalFlatten
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
 from transforms.sequencer import SequenceCandles, SequenceCandlesFn
 from transforms.sinks import FinalizeRowsFn, PrintCandlesFn, WriteJsonLines, WriteRowFiles
+from transforms.storage_write import storage_emulator_host
+from transforms.storage_write_sink import PendingStreams
 from transforms.tick_guard import GuardTicks
 from transforms.ticks import MarketKey, ParseTicks, TickBatch, tick_rows
 
@@ -165,6 +167,9 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
     outputs = messages | "MarketData" >> MarketData(opts, bounded)
     tables = {TICKS_TABLE: outputs.ticks, CANDLES_TABLE: outputs.candles,
               DEAD_LETTER_TABLE: outputs.dead_letter}
+    # A bounded run's Storage Write API rows stay in PENDING streams until one commit at its end.
+    pending = (PendingStreams() if bounded and opts.output_dataset
+               and opts.bigquery_write_method == STORAGE_WRITE_API else None)
     for table, rows in tables.items():
         if rows is None:
             continue
@@ -178,9 +183,11 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
                 single_rows | f"Write{table}Jsonl" >> WriteJsonLines(opts.output_dir, table)
         if opts.output_dataset:
             # historical rows (bounded) carry no latency: they stay out of the latency views
-            rows | f"Write{table}BigQuery" >> WriteRowsToBigQuery(table, opts.output_dataset,
-                                                                   batched=batched,
-                                                                   with_latency=not bounded)
+            rows | f"Write{table}BigQuery" >> WriteRowsToBigQuery(
+                table, opts.output_dataset, batched=batched, with_latency=not bounded,
+                method=opts.bigquery_write_method, pending=pending)
+    if pending is not None:
+        pending.commit()
     if outputs.candles is not None and opts.output_topic:
         (outputs.candles
          | "CandleMessages" >> beam.ParDo(FinalizeRowsFn(CANDLES_TABLE, with_latency=not bounded))
@@ -192,12 +199,15 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
     return outputs
 
 
-def prepare_bigquery(dataset_ref: str) -> None:
+def prepare_bigquery(dataset_ref: str, write_method: str = STORAGE_WRITE_API) -> None:
     """Creates the dataset, tables and views if missing, before any row is written (SPEC §6).
 
     With ``BIGQUERY_EMULATOR_HOST`` set (local runs only), this client and the pipeline's writers
-    (``transforms.bigquery.InsertRowsFn``) use that local BigQuery API server, anonymously.
+    use that local BigQuery API server, anonymously; the Storage Write API writer also needs
+    ``BIGQUERY_STORAGE_EMULATOR_HOST`` (its gRPC host:port), checked here before the job starts.
     """
+    if write_method == STORAGE_WRITE_API:
+        storage_emulator_host()
     project, _ = split_dataset_ref(dataset_ref)
     client = make_client(project, os.environ.get("BIGQUERY_EMULATOR_HOST"))
     ensure_tables(client, dataset_ref)
@@ -210,7 +220,7 @@ def run(argv: Optional[list[str]] = None) -> beam.runners.runner.PipelineResult:
     opts = options.view_as(MarketDataOptions)
     options.view_as(StandardOptions).streaming = not opts.input_file
     if opts.output_dataset:
-        prepare_bigquery(opts.output_dataset)
+        prepare_bigquery(opts.output_dataset, opts.bigquery_write_method)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, options,
                    console_timeframes={"1m"} if opts.console else None)

@@ -27,7 +27,16 @@ class PersistentBigQueryEmulator(BigQueryEmulator):
             self.process = None
 
     def come_back(self) -> None:
+        """Start again on the same ports. bqemulator 1.4 restarted on its files leaves a DuckDB
+        result unread, and every Storage Write API append fails (UNKNOWN, ResourceInUseException)
+        until some query reads one; the first query here makes it the healthy server a real
+        outage ends with."""
         self.start()
+        from transforms.bigquery import make_client
+
+        client = make_client(self.project, self.endpoint)
+        client.query("SELECT 1").result()
+        client.close()
 
 
 class RestartablePubSubEmulator(PubSubEmulator):

@@ -147,7 +147,7 @@ def run_healthcheck(service: str, emulator: BigQueryEmulator) -> subprocess.Comp
     spec = interpolate(SERVICES[service], {})
     test = spec["healthcheck"]["test"]
     assert test[0] == "CMD"
-    env = {**{k: str(v) for k, v in spec["environment"].items()}, "BIGQUERY_EMULATOR_HOST": emulator.endpoint,
+    env = {**{k: str(v) for k, v in spec["environment"].items()}, **emulator.client_env(),
            "PUBSUB_EMULATOR_HOST": "127.0.0.1:9", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.run(test[1:], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
 

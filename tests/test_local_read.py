@@ -91,7 +91,7 @@ def test_hostile_messages_between_valid_ticks_never_stop_the_job(tmp_path):
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, _ = ensure_topic_and_subscription(PROJECT, "ticks")
         subscription = _subscription(topic)
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, BIGQUERY_EMULATOR_HOST=bigquery.endpoint)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, **bigquery.client_env())
         pipeline = _start(_mds_run(subscription, tmp_path / "journal"), env, tmp_path / "pipeline.log")
         try:
             client = make_client(PROJECT, bigquery.endpoint)
@@ -139,7 +139,7 @@ def test_kill_9_mid_stream_then_restart_loses_no_acknowledged_tick(tmp_path):
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, _ = ensure_topic_and_subscription(PROJECT, "ticks")
         subscription = _subscription(topic)
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, BIGQUERY_EMULATOR_HOST=bigquery.endpoint)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, **bigquery.client_env())
         args = _mds_run(subscription, tmp_path / "journal")
         log = tmp_path / "pipeline.log"
         first = _start(args, env, log)

@@ -451,8 +451,7 @@ def test_streaming_chain_absorbs_ingest_restart_and_bigquery_outage(tmp_path):
     ``ticks`` exactly once or in ``dead_letter``."""
     with PubSubEmulator() as pubsub, PersistentBigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host,
-                   BIGQUERY_EMULATOR_HOST=bigquery.endpoint)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, **bigquery.client_env())
         log = open(tmp_path / "pipeline.log", "wb")
         pipeline = subprocess.Popen(
             _mds("run", "--runner=BundleBasedDirectRunner", f"--input_subscription={subscription}",
@@ -552,8 +551,7 @@ def test_streaming_chain_rides_out_a_pubsub_emulator_crash_and_restart(tmp_path)
     phase_ticks, spacing_us, gap_us = 100, 100_000, 25 * SECOND_US
     with RestartablePubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host,
-                   BIGQUERY_EMULATOR_HOST=bigquery.endpoint)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, **bigquery.client_env())
         pipeline_log, worker_log = tmp_path / "pipeline.log", tmp_path / "worker.log"
         with open(pipeline_log, "wb") as log:
             pipeline = subprocess.Popen(

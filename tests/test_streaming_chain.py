@@ -50,7 +50,7 @@ def _wait_until(condition, timeout: float) -> None:
 def test_pubsub_to_bigquery_exactly_once_with_dead_letters_and_replay_equal_candles(tmp_path):
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, BIGQUERY_EMULATOR_HOST=bigquery.endpoint)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, **bigquery.client_env())
         pipeline = subprocess.Popen(
             [sys.executable, "-m", "pipelines.cli", "run", "--runner=BundleBasedDirectRunner",
              f"--input_subscription={subscription}", f"--output_dataset={PROJECT}:{DATASET}",
