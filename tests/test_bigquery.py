@@ -53,6 +53,26 @@ def test_tables_have_schema_partitioning_and_clustering_and_second_call_is_a_no_
     assert {name: client.get_table(table_path(ref, name)).created for name in schemas.FIELDS} == created
 
 
+def test_a_table_of_an_older_release_takes_the_new_columns_in_place(client: Any) -> None:
+    """The candles table before missing_trades/is_complete (#15): ensure_tables appends them,
+    keeps the rows, and a new row with them can be inserted."""
+    from google.cloud import bigquery
+
+    ref = f"{PROJECT}:older_{uuid.uuid4().hex[:8]}"
+    bq.ensure_tables(client, ref)
+    path = table_path(ref, schemas.CANDLES_TABLE)
+    client.delete_table(path)
+    old_fields = [f for f in schemas.CANDLE_FIELDS if f["name"] not in ("missing_trades", "is_complete")]
+    client.create_table(bigquery.Table(path, schema=[bigquery.SchemaField.from_api_repr(f) for f in old_fields]))
+    insert(client, ref, schemas.CANDLES_TABLE, [candle(T0_US)])
+    assert bq.ensure_tables(client, ref) == []
+    assert [f.name for f in client.get_table(path).schema] == [f["name"] for f in schemas.CANDLE_FIELDS]
+    assert bq.add_new_columns(client, path, schemas.CANDLE_FIELDS) == []  # a second call: nothing
+    insert(client, ref, schemas.CANDLES_TABLE, [candle(T0_US + MINUTE_US, missing_trades=2, is_complete=False)])
+    rows = query(client, f"SELECT missing_trades, is_complete FROM `{path}` ORDER BY timestamp_in")
+    assert [(r["missing_trades"], r["is_complete"]) for r in rows] == [(None, None), (2, False)]
+
+
 def test_dataset_reference_forms() -> None:
     assert bq.split_dataset_ref("p:d") == ("p", "d")
     assert bq.split_dataset_ref("p.d") == ("p", "d")
