@@ -7,6 +7,8 @@ worker reports the range 5..7 between trade 4 (20 s) and trade 8 (35 s). That sp
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
@@ -217,3 +219,14 @@ def test_a_trade_received_live_and_recovered_counts_once_and_fills_its_range():
         assert [final[s]["trades"] for s in (T0_US, at(15), at(30))] == [3, 3, 2]
         assert [final[s]["missing_trades"] for s in (at(15), at(30))] == [0, 0]
         assert latest(rows, "1m")[T0_US]["trades"] == 8 and latest(rows, "1m")[T0_US]["missing_trades"] == 0
+
+
+def test_ranges_and_fills_after_the_lateness_are_late_dead_letters_and_the_candles_stay_flagged():
+    too_late = recovered() + [message([], missing=[missing(from_seq=20, to_seq=21)])]
+    rows = run_market_data(_stream([(received(), 40), ([], 400), (too_late, 420)]),
+                           options(timeframes="15s,1m"), streaming=True)
+    late = [json.loads(d["payload"]) for d in rows["dead_letter"] if d["stage"] == "late"]
+    assert sorted(p["fills"]["seq"] for p in late if "fills" in p) == list(LOST)
+    assert [(p["fromSeq"], p["count"]) for p in late if "count" in p] == [(20, 2)]
+    assert len(late) == 4 and len(rows["dead_letter"]) == 4
+    assert [latest(rows["candles"], "15s")[s]["missing_trades"] for s in (at(15), at(30))] == [3, 3]
