@@ -230,3 +230,13 @@ def test_ranges_and_fills_after_the_lateness_are_late_dead_letters_and_the_candl
     assert [(p["fromSeq"], p["count"]) for p in late if "count" in p] == [(20, 2)]
     assert len(late) == 4 and len(rows["dead_letter"]) == 4
     assert [latest(rows["candles"], "15s")[s]["missing_trades"] for s in (at(15), at(30))] == [3, 3]
+
+
+def test_a_checkpoint_keeps_an_unchecked_disconnect_for_the_gap_candles_after_it():
+    from transforms.checkpoint import history_entry
+
+    unchecked = {"missing_trades": 0, "is_complete": False, "is_gap": False, "is_partial": True}
+    assert history_entry(unchecked, None).feed_unknown
+    checked_gap = {"missing_trades": 0, "is_complete": True, "is_gap": True, "is_partial": False}
+    assert not history_entry(checked_gap, None).feed_unknown and history_entry(checked_gap, None).made_gap
+    assert not history_entry({"missing_trades": None, "is_complete": False, "is_gap": False}, None).feed_unknown
