@@ -50,8 +50,11 @@ demo: deps ## the whole chain locally: emulators, ingest worker, streaming pipel
 
 test: deps test-python test-node ## all tests (Python and Node.js), from scratch
 
+# Two workers: most tests wait on emulators, watermarks and clocks, not on the CPU.
+TEST_WORKERS ?= 2
+
 test-python: venv venv-bq
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS) tests
 
 test-node: node-deps
 	cd $(NODE_DIR) && npm test

@@ -20,6 +20,7 @@ EXTRAS = {
     "test": [
         "pytest>=8",
         "pytest-timeout>=2.3",
+        "pytest-xdist>=3.5",  # make test runs on both cores: most tests wait on emulators and clocks
         "hypothesis>=6.100",
         "pandas>=2.2",
         "TA-Lib==0.8.2",
@@ -38,8 +39,10 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pipelines", "pipelines.*", "ingest", "ingest.*",
                                     "transforms", "transforms.*"]),
-    # ingest/contract: the venue and instrument tables both ingest workers read
-    package_data={"pipelines": ["sample/*"], "ingest": ["contract/*.json", "contract/*.csv"]},
+    # ingest/contract: the venue and instrument tables both ingest workers read; transforms/views:
+    # the BigQuery views' SQL
+    package_data={"pipelines": ["sample/*"], "ingest": ["contract/*.json", "contract/*.csv"],
+                  "transforms": ["views/*.sql"]},
     install_requires=REQUIRED,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["mds=pipelines.cli:main"]},

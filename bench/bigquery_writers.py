@@ -49,9 +49,10 @@ def tick_batches(frame: Any, ticks: int) -> list[list[dict[str, Any]]]:
 def measure_writer(batches: list[list[dict[str, Any]]], method: str, project: str,
                    dataset: str) -> dict[str, Any]:
     """Seconds to write ``batches`` with ``method`` into a new local server; what it stored."""
-    from pipelines.local_stack import BigQueryEmulator
-    from transforms.bigquery import (STREAMING_INSERTS, InsertRowsFn, ensure_tables, ensure_views,
-                                     make_client)
+    from pipelines.emulators import BigQueryEmulator
+    from transforms.bigquery import ensure_tables, ensure_views, make_client
+    from transforms.bigquery_sink import STREAMING_INSERTS
+    from transforms.insert_all import InsertRowsFn
     from transforms.storage_write_sink import AppendRowsFn
 
     with BigQueryEmulator(project=project) as server, _environment(server.client_env()):

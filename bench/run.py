@@ -44,8 +44,9 @@ import numpy as np
 import pandas as pd
 
 from bench.generate_day import DEFAULT_SEED, DEFAULT_TICKS, ensure_day
+from pipelines.local_names import DEFAULT_DATASET, LOCAL_PROJECT  # noqa: E402
 from pipelines.options import DEFAULT_FEATURE_TIMEFRAMES, DEFAULT_TIMEFRAMES
-from transforms.bigquery import WRITE_METHODS
+from transforms.bigquery_sink import WRITE_METHODS
 from transforms.candles import parse_timeframes
 from transforms.features import CANDLE_FIELDS, compute_features
 
@@ -53,7 +54,7 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 MDS = [PYTHON, "-m", "pipelines.cli"]
 NODE_INGEST = ["node", str(REPO / "ingest" / "nodejs" / "bin" / "mds-ingest.js")]
-PROJECT, DATASET = "local-project", "market_data"
+PROJECT, DATASET = LOCAL_PROJECT, DEFAULT_DATASET
 RSS_POLL_SECONDS = 0.2
 BIGQUERY_POLL_SECONDS = 2.0
 
@@ -143,8 +144,8 @@ def run_measured(command: list[str], env: Optional[dict[str, str]] = None, timeo
         output, _ = process.communicate(timeout=timeout)
     finally:
         if process.poll() is None:
-            from pipelines.local_stack import _terminate_group
-            _terminate_group(process)
+            from pipelines.emulators import terminate_group
+            terminate_group(process)
         peak = monitor.stop()
     return Measured(time.perf_counter() - started, peak, output.decode(errors="replace"), process.returncode,
                     _children_cpu_seconds() - cpu_before)
@@ -320,8 +321,13 @@ def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str, rate:
                   method: str) -> Row:
     from bench.bigquery_bytes import bytes_per_row
     from pipelines.demo import Heartbeat
-    from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
-                                       ensure_topic_and_subscription, pubsub_env)
+    from pipelines.emulators import (
+        BigQueryEmulator,
+        PubSubEmulator,
+        ensure_topic_and_subscription,
+        pubsub_env,
+        terminate_group,
+    )
     from transforms.bigquery import make_client
 
     ticks = min(int(rate * args.stream_seconds), day.ticks)
@@ -379,7 +385,7 @@ def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str, rate:
             heartbeat.stop()
             for process in (ingest, pipeline):
                 if process is not None and process.poll() is None:
-                    _terminate_group(process)
+                    terminate_group(process)
             peak = monitor.stop()
             log.close()
     match = _PY_SUMMARY.search(ingest_output)
@@ -417,7 +423,11 @@ _NODE_SUMMARY = re.compile(r"ingest summary: ([\d,]+) ticks .* ([\d,]+) ticks/s 
 
 
 def ingest_rows(path: str, args: argparse.Namespace) -> list[Row]:
-    from pipelines.local_stack import PubSubEmulator, ensure_topic_and_subscription, pubsub_env
+    from pipelines.emulators import (
+        PubSubEmulator,
+        ensure_topic_and_subscription,
+        pubsub_env,
+    )
 
     common = ["--source", path, "--create-topic", "--quiet", "--project", PROJECT,
               "--batch-size", str(args.batch_size), "--duration", str(args.ingest_seconds)]

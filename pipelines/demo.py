@@ -27,18 +27,16 @@ import numpy as np
 
 from ingest.files import iter_ticks
 from ingest.message import iso_from_us, parse_time_us
-from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
-                                   ensure_topic_and_subscription, pubsub_env)
+from pipelines.emulators import (BigQueryEmulator, PubSubEmulator, ensure_topic_and_subscription,
+                                 pubsub_env, terminate_group)
+from pipelines.local_names import (DEFAULT_DATASET, LOCAL_PROJECT, TICKS_SUBSCRIPTION, TICKS_TOPIC)
 from pipelines.replay import SAMPLE
 from transforms.bigquery import ensure_tables, ensure_views, make_client
 
-PROJECT = "local-project"
-DATASET = "market_data"
+PROJECT, DATASET = LOCAL_PROJECT, DEFAULT_DATASET
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mds demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", default=SAMPLE, help="trades file to publish (default: bundled day)")
     parser.add_argument("--speed", type=float, default=600.0,
                         help="replay this many times faster than the market (event times re-stamped)")
@@ -48,7 +46,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--drain-seconds", type=float, default=65.0,
                         help="after publishing, wait this long for the last 1m windows to close")
     parser.add_argument("--allowed-lateness-seconds", type=int, default=30)
-    return parser.parse_args(argv)
 
 
 def restamp(source: str, target: str, speed: float, start_us: int) -> int:
@@ -125,13 +122,12 @@ def summary(client: Any, published: int) -> list[str]:
     return lines
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, \
             tempfile.TemporaryDirectory(prefix="mds-demo-") as workdir, pubsub_env(pubsub.host):
         print(f"🚀 Pub/Sub emulator {pubsub.host}, BigQuery API {bigquery.endpoint} "
               f"(Storage Write API gRPC {bigquery.grpc_host})", flush=True)
-        topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
+        topic, subscription = ensure_topic_and_subscription(PROJECT, TICKS_TOPIC, TICKS_SUBSCRIPTION)
         client = make_client(PROJECT, bigquery.endpoint)
         ensure_tables(client, f"{PROJECT}:{DATASET}")
         ensure_views(client, f"{PROJECT}:{DATASET}")
@@ -172,7 +168,7 @@ def main(argv: list[str]) -> int:
             heartbeat.stop()
             for process in (ingest, pipeline):
                 if process is not None and process.poll() is None:
-                    _terminate_group(process)
+                    terminate_group(process)
     print("✅ demo finished; emulators stopped", flush=True)
     return 0
 

@@ -1,7 +1,7 @@
 """Export the BigQuery tables and views of transforms/ as files and flags for the `bq` CLI.
 
 The deploy script creates the tables with `bq mk` before the first job starts, from the same
-schema code the pipeline uses (transforms/schemas.py, transforms/bigquery.py), so a table made
+schema code the pipeline uses (transforms/schemas.py, transforms/bigquery.py, transforms/views/), so a table made
 by hand can never disagree with what the pipeline writes.
 
     python -m pipelines.export_schema schema candles      # JSON field list for `bq mk --table`

@@ -11,7 +11,7 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms.bigquery import STORAGE_WRITE_API, WRITE_METHODS
+from transforms.bigquery_sink import STORAGE_WRITE_API, WRITE_METHODS
 
 MODES = ("ticks", "candles", "both")
 OUTPUT_FORMATS = ("jsonl", "parquet")

@@ -13,14 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.bounded_run import BoundedRun, run_bounded
-from pipelines.options import DEFAULT_FEATURE_TIMEFRAMES, DEFAULT_TIMEFRAMES, MODES, OUTPUT_FORMATS
-from transforms.bigquery import STORAGE_WRITE_API, WRITE_METHODS
+from pipelines.options import (DEFAULT_FEATURE_TIMEFRAMES, DEFAULT_TIMEFRAMES, MODES,
+                               OUTPUT_FORMATS)
+from transforms.bigquery_sink import STORAGE_WRITE_API, WRITE_METHODS
 
 SAMPLE = str(Path(__file__).resolve().parent / "sample" / "binance_trades_2017-08-17_BTCUSDT.csv.gz")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mds replay", description=__doc__)
+    """The arguments of ``mds replay ARGV`` (as the ``mds`` tree parses them)."""
+    from pipelines.cli import parse_command
+
+    return parse_command("replay", argv)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", default=SAMPLE,
                         help="JSONL(.gz) of ticks, Tardis trades CSV(.gz) or Binance trades CSV: a "
                              "path, a glob or a comma-separated list (default: the bundled Binance "
@@ -47,7 +54,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "the end of the run (locally: the variables `mds stack up` prints)")
     parser.add_argument("--bigquery-write-method", choices=WRITE_METHODS, default=STORAGE_WRITE_API)
     parser.add_argument("--quiet", action="store_true", help="no console lines, no progress bar")
-    return parser.parse_args(argv)
 
 
 def replay(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,8 +71,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
         start_time=args.start_time, end_time=args.end_time, workers=args.workers, progress=not args.quiet, console_timeframes=console))
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     summary = replay(args)
     if not args.quiet:
         print(f"✅ replayed {summary['unique_ticks']:,} ticks in {summary['seconds']}s "

@@ -6,6 +6,7 @@ Template (``templates/main.py``, streaming or bounded) and the tests.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -19,8 +20,8 @@ from apache_beam.pvalue import PCollection
 from ingest.message import parse_time_us
 from pipelines.options import MarketDataOptions
 from pipelines.read_files import ReadTickFiles
-from transforms.bigquery import (STORAGE_WRITE_API, WriteRowsToBigQuery, ensure_tables,
-                                 ensure_views, make_client, split_dataset_ref)
+from transforms.bigquery import ensure_tables, ensure_views, make_client, split_dataset_ref
+from transforms.bigquery_sink import STORAGE_WRITE_API, WriteRowsToBigQuery
 from transforms.bounded import CountPerDaySymbolFn, KeepRangeFn
 from transforms.bounded_candles import BoundedCandles
 from transforms.candles import CandlesFromTicks, parse_timeframes
@@ -29,7 +30,7 @@ from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.global_flatten import GlobalFlatten
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
 from transforms.sequencer import SequenceCandles, SequenceCandlesFn
-from transforms.sinks import FinalizeRowsFn, PrintCandlesFn, WriteJsonLines, WriteRowFiles
+from transforms.sinks import (FinalizeRowsFn, PrintCandlesFn, WriteJsonLines, WriteRowFiles)
 from transforms.storage_write import storage_emulator_host
 from transforms.storage_write_sink import PendingStreams
 from transforms.tick_guard import GuardTicks
@@ -227,9 +228,18 @@ def run(argv: Optional[list[str]] = None) -> beam.runners.runner.PipelineResult:
     return pipeline.run()
 
 
-def main(argv: list[str]) -> int:
+PASSES_BEAM_OPTIONS = True  # every argument of ``mds run`` is a pipeline option (docs/options.md)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """None of its own: ``mds run`` takes the pipeline options, as the Flex Template does."""
+    parser.epilog = "Pipeline options (--name=value, as the Flex Template's parameters): docs/options.md"
+
+
+def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``mds run``: on the DirectRunner reading Pub/Sub, inside the local runner context
     (``pipelines.local_mode.local_runner``: durable, hostile-proof reads)."""
+    argv = args.beam_args
     logging.getLogger().setLevel(logging.INFO)
     options = PipelineOptions(argv)
     opts = options.view_as(MarketDataOptions)

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from pipelines.local_stack import BigQueryEmulator
+from pipelines.emulators import BigQueryEmulator
 from pipelines.replay import parse_args, replay
 from tests.bigquery_helpers import PROJECT
 from transforms import bigquery as bq

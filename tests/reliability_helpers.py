@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.local_stack import BigQueryEmulator, PubSubEmulator, _terminate_group
+from pipelines.emulators import BigQueryEmulator, PubSubEmulator, terminate_group
 
 
 class PersistentBigQueryEmulator(BigQueryEmulator):
@@ -23,7 +23,7 @@ class PersistentBigQueryEmulator(BigQueryEmulator):
     def go_down(self) -> None:
         """Stop the server but keep its data dir (``stop`` would delete it)."""
         if self.process is not None:
-            _terminate_group(self.process)
+            terminate_group(self.process)
             self.process = None
 
     def come_back(self) -> None:

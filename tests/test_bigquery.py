@@ -21,10 +21,13 @@ from ingest.message import iso_from_us, parse_time_us
 from tests.bigquery_helpers import (MINUTE_US, PROJECT, T0_US, assert_ticks_stored_with_latency,
                                     candle, counter, dead_letters_by_id, query, table_path, tick)
 from transforms import bigquery as bq
+from transforms.bigquery_rows import dead_letter_row, row_problem
+from transforms.bigquery_sink import STREAMING_INSERTS, WRITE_METHODS, WriteRowsToBigQuery
+from transforms.insert_all import MAX_REQUEST_BYTES
 from transforms import schemas
 from transforms.sinks import FinalizeRowsFn, finalize_row
 
-INSERT_ALL = bq.STREAMING_INSERTS  # the tests of InsertRowsFn; the default writer: test_storage_write.py
+INSERT_ALL = STREAMING_INSERTS  # the tests of InsertRowsFn; the default writer: test_storage_write.py
 # The REST API may spell legacy type names; the schema module uses Standard SQL names.
 LEGACY_TYPES = {"FLOAT": "FLOAT64", "INTEGER": "INT64", "BOOLEAN": "BOOL"}
 
@@ -99,7 +102,7 @@ def test_views_are_idempotent_and_return_the_right_numbers(client: Any, dataset:
     candles = [dict(c, timestamp_out=iso_from_us(parse_time_us(c["window_end"]) + 2_000_000),
                     latency_ms=2_000.0) for c in candles]
     insert(client, dataset, schemas.CANDLES_TABLE, candles)
-    dead = [bq.dead_letter_row("parse", "bad JSON", "{not json")]
+    dead = [dead_letter_row("parse", "bad JSON", "{not json")]
     insert(client, dataset, schemas.DEAD_LETTER_TABLE, dead)
 
     assert bq.ensure_views(client, dataset) == list(bq.VIEW_NAMES)
@@ -242,7 +245,7 @@ def test_finalize_row_sets_timestamp_out_and_latency() -> None:
     (tick(1, T0_US, latency_ms=math.inf), "column 'latency_ms' is not finite"),
 ])
 def test_row_problem(row: dict[str, Any], reason: str | None) -> None:
-    problem = bq.row_problem(row, schemas.TICKS_TABLE)
+    problem = row_problem(row, schemas.TICKS_TABLE)
     if reason is None:
         assert problem is None
     else:
@@ -251,7 +254,7 @@ def test_row_problem(row: dict[str, Any], reason: str | None) -> None:
 
 def test_write_transform_rejects_unknown_table() -> None:
     with pytest.raises(ValueError, match="unknown table 'trades'"):
-        bq.WriteRowsToBigQuery("trades", "p:d")
+        WriteRowsToBigQuery("trades", "p:d")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +271,7 @@ def test_batch_pipeline_writes_rows_and_dead_letters_failures(client: Any, datas
     dead = (pipeline
             | "Ticks" >> beam.Create(good + [type_error, missing, not_finite])
             | "Finish" >> beam.ParDo(FinalizeRowsFn(schemas.TICKS_TABLE))
-            | "Write" >> bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, method=INSERT_ALL))
+            | "Write" >> WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, method=INSERT_ALL))
     assert_that(dead | beam.Map(lambda r: (r["stage"], json.loads(r["payload"])["id"])),
                 equal_to([("bigquery_insert", "100"), ("bigquery_insert", "101"),
                           ("bigquery_insert", "102")]))
@@ -290,15 +293,15 @@ def test_batch_pipeline_writes_rows_and_dead_letters_failures(client: Any, datas
     assert counter(result, "ticks_rows_rejected") == 2
 
 
-@pytest.mark.parametrize("method", bq.WRITE_METHODS)
+@pytest.mark.parametrize("method", WRITE_METHODS)
 def test_unwritable_dead_letters_are_counted_not_lost_silently(client: Any, dataset: str,
                                                                beam_to_emulator: None, method: str,
                                                                caplog: pytest.LogCaptureFixture) -> None:
-    good = bq.dead_letter_row("parse", "bad JSON", "{oops")
-    no_reason = dict(bq.dead_letter_row("parse", "x", "{oops2"), reason=None)
+    good = dead_letter_row("parse", "bad JSON", "{oops")
+    no_reason = dict(dead_letter_row("parse", "x", "{oops2"), reason=None)
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
     _ = (pipeline | beam.Create([good, no_reason])
-         | bq.WriteRowsToBigQuery(schemas.DEAD_LETTER_TABLE, dataset, method=method))
+         | WriteRowsToBigQuery(schemas.DEAD_LETTER_TABLE, dataset, method=method))
     result = pipeline.run()
     result.wait_until_finish()
     stored = query(client, f"SELECT payload FROM `{table_path(dataset, schemas.DEAD_LETTER_TABLE)}`")
@@ -314,7 +317,7 @@ def test_missing_tables_dead_letter_then_log_instead_of_crashing(client: Any, be
     client.create_dataset(empty.replace(":", "."))
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
     dead = (pipeline | beam.Create([tick(i, T0_US) for i in range(3)])
-            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, empty, method=INSERT_ALL))
+            | WriteRowsToBigQuery(schemas.TICKS_TABLE, empty, method=INSERT_ALL))
     assert_that(dead | beam.Map(lambda r: ("Not found" in r["reason"], r["stage"])),
                 equal_to([(True, "bigquery_insert")] * 3))
     result = pipeline.run()
@@ -342,7 +345,7 @@ def test_streaming_pipeline_writes_candles_with_latency(client: Any, dataset: st
     pipeline = beam.Pipeline(options=options)
     _ = (pipeline | stream
          | beam.ParDo(FinalizeRowsFn(schemas.CANDLES_TABLE))
-         | bq.WriteRowsToBigQuery(schemas.CANDLES_TABLE, dataset, method=INSERT_ALL))
+         | WriteRowsToBigQuery(schemas.CANDLES_TABLE, dataset, method=INSERT_ALL))
     pipeline.run().wait_until_finish()
 
     written = query(client, f"SELECT timestamp_in, window_end, timestamp_out, latency_ms "
@@ -363,10 +366,10 @@ def test_row_batches_are_cut_into_requests_and_oversize_rows_dead_lettered(
     """One element of 1,234 tick rows (batched input) takes three requests and lands whole; a
     row over the request size limit is a dead letter, not a failed request."""
     rows = [tick(i, T0_US + i * 1_000) for i in range(1_234)]
-    huge = tick(9_999, T0_US, native_symbol="X" * (bq.MAX_REQUEST_BYTES + 1))
+    huge = tick(9_999, T0_US, native_symbol="X" * (MAX_REQUEST_BYTES + 1))
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
     dead = (pipeline | beam.Create([rows + [huge]])
-            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, batched=True, method=INSERT_ALL))
+            | WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, batched=True, method=INSERT_ALL))
     assert_that(dead | beam.Map(lambda r: (r["stage"], "exceeds" in r["reason"])),
                 equal_to([("bigquery_insert", True)]))
     result = pipeline.run()
@@ -378,7 +381,7 @@ def test_row_batches_are_cut_into_requests_and_oversize_rows_dead_lettered(
     assert counter(result, "ticks_rows_rejected") == 1
 
 
-@pytest.mark.parametrize("method", bq.WRITE_METHODS)
+@pytest.mark.parametrize("method", WRITE_METHODS)
 def test_batch_write_throughput(client: Any, dataset: str, beam_to_emulator: None,
                                 method: str) -> None:
     """2,000 ticks through the sink in one run: all land, none twice (timing printed with -s)."""
@@ -387,7 +390,7 @@ def test_batch_write_throughput(client: Any, dataset: str, beam_to_emulator: Non
     ids = itertools.count()
     rows = [tick(next(ids), T0_US + i * 1_000) for i in range(2_000)]
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
-    _ = pipeline | beam.Create(rows) | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset,
+    _ = pipeline | beam.Create(rows) | WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset,
                                                               method=method)
     started = time.monotonic()
     pipeline.run().wait_until_finish()

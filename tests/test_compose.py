@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from ingest.cli import build_parser
-from pipelines.local_stack import BigQueryEmulator
+from pipelines.emulators import BigQueryEmulator
+from pipelines.local_names import LOCAL_PROJECT
 from transforms import bigquery as bq
 from transforms import schemas
 
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 SERVICES = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
 INGEST_SERVICES = ("ingest", "ingest-nodejs")
 PIPELINES = {"pipeline-candles": schemas.CANDLES_TABLE, "pipeline-ticks": schemas.TICKS_TABLE}
-PROJECT = "local-project"
+PROJECT = LOCAL_PROJECT
 
 # Compose interpolation (https://docs.docker.com/reference/compose-file/interpolation/): $$ is a
 # literal $, ${VAR}, $VAR, ${VAR:-default} (unset or empty), ${VAR-default} (unset).

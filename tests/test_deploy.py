@@ -505,9 +505,8 @@ def test_compose_builds_reference_existing_files() -> None:
 def test_compose_commands_are_real_commands() -> None:
     """The pipelines take MarketDataOptions flags (and the local run's own); `mds` sub-commands
     exist; status flags parse."""
-    from pipelines.cli import COMMANDS
+    from pipelines.cli import COMMANDS, build_parser
     from pipelines.local_mode import LocalRunOptions
-    from pipelines.operate import build_parser
     from pipelines.options import MarketDataOptions
 
     for name in ("pipeline-candles", "pipeline-ticks"):

@@ -26,7 +26,7 @@ import pytest
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from pipelines.local_stack import BigQueryEmulator
+from pipelines.emulators import BigQueryEmulator
 from transforms import bigquery as bq
 
 REPO = Path(__file__).resolve().parent.parent

@@ -22,17 +22,19 @@ from google.cloud import bigquery
 from google.cloud.bigquery_storage_v1 import types
 
 from ingest.message import iso_from_us, parse_time_us
-from pipelines.local_stack import BigQueryEmulator
+from pipelines.emulators import BigQueryEmulator
 from tests.bigquery_helpers import (MINUTE_US, PROJECT, T0_US, assert_ticks_stored_with_latency,
-                                    candle, counter, dead_letters_by_id, decode, query,
-                                    table_path, tick)
+                                    candle, counter, dead_letters_by_id, decode, query, table_path,
+                                    tick)
 from tests.reliability_helpers import PersistentBigQueryEmulator
 from transforms import bigquery as bq
+from transforms.bigquery_sink import STREAMING_INSERTS, WriteRowsToBigQuery
 from transforms import schemas, storage_write
 from transforms.proto_rows import RowEncoder
 from transforms.sinks import FinalizeRowsFn, finalize_row
-from transforms.storage_write import Appender, PendingStream, commit_streams, make_write_client
+from transforms.storage_write import (Appender, PendingStream, commit_streams, make_write_client)
 from transforms.storage_write_sink import PendingStreams
+
 
 @pytest.fixture(scope="module")
 def write_client(emulator: BigQueryEmulator) -> Any:
@@ -77,7 +79,7 @@ def test_default_stream_writes_rows_and_dead_letters_what_cannot_be_stored(
     dead = (pipeline
             | beam.Create(good + [wrong_type, missing, not_finite])
             | beam.ParDo(FinalizeRowsFn(schemas.TICKS_TABLE))
-            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset))  # the default method
+            | WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset))  # the default method
     assert_that(dead | beam.Map(lambda r: (r["stage"], json.loads(r["payload"])["id"])),
                 equal_to([("bigquery_insert", "100"), ("bigquery_insert", "101"),
                           ("bigquery_insert", "102")]))
@@ -113,7 +115,7 @@ def test_streaming_pipeline_appends_candles_to_the_default_stream(
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT, streaming=True))
     _ = (pipeline | stream
          | beam.ParDo(FinalizeRowsFn(schemas.CANDLES_TABLE))
-         | bq.WriteRowsToBigQuery(schemas.CANDLES_TABLE, dataset))
+         | WriteRowsToBigQuery(schemas.CANDLES_TABLE, dataset))
     run(pipeline)
     written = query(client, f"SELECT timestamp_in, window_end, timestamp_out, latency_ms, trades, "
                             f"is_gap, vwap, missing_trades, is_complete "
@@ -144,7 +146,7 @@ def test_rows_the_server_refuses_are_found_by_splitting_and_dead_lettered(
     ids = [str(i) if i % 50 else f"x{i}" for i in range(300)]  # 6 ids are not numbers
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
     _ = (pipeline | beam.Create([[tick(i) for i in ids]])
-         | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, ref, batched=True))
+         | WriteRowsToBigQuery(schemas.TICKS_TABLE, ref, batched=True))
     result = run(pipeline)
     stored = query(client, f"SELECT id FROM `{table_path(ref, schemas.TICKS_TABLE)}`")
     assert sorted(r["id"] for r in stored) == sorted(int(i) for i in ids if i.isdigit())
@@ -162,7 +164,7 @@ def test_oversized_row_is_dead_lettered_without_a_request(client: Any, dataset: 
     huge = tick(9_999, side="X" * (storage_write.MAX_REQUEST_BYTES + 1))
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
     dead = (pipeline | beam.Create([rows + [huge]])
-            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, batched=True))
+            | WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, batched=True))
     assert_that(dead | beam.Map(lambda r: ("AppendRows request limit" in r["reason"],
                                            '"id":"9999"' in r["payload"])),
                 equal_to([(True, True)]))
@@ -193,7 +195,7 @@ def test_missing_tables_dead_letter_then_log_instead_of_crashing(
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
     streams = PendingStreams() if pending else None
     dead = (pipeline | beam.Create([tick(i) for i in range(3)])
-            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, empty, pending=streams))
+            | WriteRowsToBigQuery(schemas.TICKS_TABLE, empty, pending=streams))
     if streams is not None:
         streams.commit()
     assert_that(dead | beam.Map(lambda r: (r["reason"].startswith("404 "), r["stage"])),
@@ -267,10 +269,10 @@ def bounded_run(dataset: str, fail: bool) -> Any:
         [tick("bad", price="NaN?")]]
     candles = [candle(T0_US + i * MINUTE_US) for i in range(30)]
     _ = (pipeline | "Ticks" >> beam.Create(ticks)
-         | "WriteTicks" >> bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, batched=True,
+         | "WriteTicks" >> WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, batched=True,
                                                   pending=pending))
     _ = (pipeline | "Candles" >> beam.Create(candles)
-         | "WriteCandles" >> bq.WriteRowsToBigQuery(schemas.CANDLES_TABLE, dataset, pending=pending))
+         | "WriteCandles" >> WriteRowsToBigQuery(schemas.CANDLES_TABLE, dataset, pending=pending))
     if fail:
         _ = pipeline | "Numbers" >> beam.Create(range(10)) | beam.ParDo(FailingRowsFn())
     committed = pending.commit()
@@ -294,10 +296,10 @@ def test_a_bounded_run_writes_every_table_at_its_end_or_nothing(
 
 def test_pending_streams_need_the_storage_write_api() -> None:
     with pytest.raises(ValueError, match="Storage Write API feature"):
-        bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, "p:d", method=bq.STREAMING_INSERTS,
+        WriteRowsToBigQuery(schemas.TICKS_TABLE, "p:d", method=STREAMING_INSERTS,
                                pending=PendingStreams())
     with pytest.raises(ValueError, match="unknown BigQuery write method 'FILE_LOADS'"):
-        bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, "p:d", method="FILE_LOADS")
+        WriteRowsToBigQuery(schemas.TICKS_TABLE, "p:d", method="FILE_LOADS")
     with pytest.raises(ValueError, match="no BigQuery writer"):
         PendingStreams().commit()
 

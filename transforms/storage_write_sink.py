@@ -22,7 +22,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import PCollection, TaggedOutput
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms.bigquery import failed_row, row_problem
+from transforms.bigquery_rows import failed_row, row_problem
 from transforms.proto_rows import RowEncoder, RowEncodingError
 from transforms.sinks import finalize_row
 from transforms.storage_write import (MAX_REQUEST_BYTES, ROW_FRAMING_BYTES, Appender,
