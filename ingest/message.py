@@ -5,7 +5,10 @@ names in ``ingest/nodejs/src/message.js``) and the pipeline's parser cannot drif
 
 Data is UTF-8 JSON: one tick object, or a batch ``{"ticks": [tick, ...]}``. A batch may also carry
 ``"disconnects": [{"exchange", "symbol", "timestamp"}]`` - moments where the worker lost or
-re-established its feed, so candles spanning them are flagged ``is_partial``.
+re-established its feed, so candles spanning them are flagged ``is_partial`` - and, on venues whose
+trade ids are sequential, ``"missing": [{"exchange", "symbol", "from", "to", "fromSeq", "toSeq",
+"count"}]``: trades the worker knows it did not receive (SPEC §2.1). A trade that fills such a range
+later (recovered, or arriving late) carries ``"fills": {"from", "to", "fromSeq", "seq"}``.
 Tick fields use Tardis.dev's normalized ``trade`` names; ``amount`` is always the BASE quantity, and
 ticks of derivatives also carry ``instrumentKind`` (linear/inverse) and ``venueAmount`` (the venue's
 own quantity: contracts, or USD for Deribit's inverse instruments).
@@ -58,8 +61,19 @@ FIELD_RAW = "_raw"
 ERROR_SYMBOL = "*"  # error records belong to the feed, not to one symbol
 RAW_CHARS = 1000  # an error record keeps the first RAW_CHARS characters of what it could not read
 
+FIELD_FILLS = "fills"  # on a trade that fills a reported missing range: {"from","to","fromSeq","seq"}
+
 BATCH_KEY = "ticks"
 DISCONNECTS_KEY = "disconnects"
+MISSING_KEY = "missing"
+# A missing range ("missing" entry) and a fill mark: the span in which the missing trades lie,
+# the venue sequence numbers of the first and last missing trade, how many, and a filler's own.
+RANGE_FROM = "from"
+RANGE_TO = "to"
+RANGE_FROM_SEQ = "fromSeq"
+RANGE_TO_SEQ = "toSeq"
+RANGE_COUNT = "count"
+FILL_SEQ = "seq"
 
 
 _SECOND_STAMPS: dict[int, str] = {}  # epoch second → "YYYY-MM-DDTHH:MM:SS": ticks come in bursts
@@ -163,13 +177,15 @@ def record_time_us(record: Mapping[str, Any]) -> int | None:
     return None
 
 
-def assemble(parts: Sequence[str], marker_parts: Sequence[str]) -> str:
-    """Message data from serialized records and markers: a lone record goes bare."""
-    if len(parts) == 1 and not marker_parts:
+def assemble(parts: Sequence[str], marker_parts: Sequence[str], missing_parts: Sequence[str] = ()) -> str:
+    """Message data from serialized records, markers and missing ranges: a lone record goes bare."""
+    if len(parts) == 1 and not marker_parts and not missing_parts:
         return parts[0]
     text = '{"' + BATCH_KEY + '":[' + ",".join(parts) + "]"
     if marker_parts:
         text += ',"' + DISCONNECTS_KEY + '":[' + ",".join(marker_parts) + "]"
+    if missing_parts:
+        text += ',"' + MISSING_KEY + '":[' + ",".join(missing_parts) + "]"
     return text + "}"
 
 
@@ -234,21 +250,29 @@ def parse_time_us(value: Any) -> int:
     raise ValueError(f"timestamp has unsupported type {type(value).__name__}")
 
 
-def encode_message(ticks: Sequence[Mapping[str, Any]],
-                   disconnects: Iterable[Mapping[str, Any]] = ()) -> tuple[bytes, dict[str, str]]:
-    """Encode ticks (one, or a batch) and optional disconnect markers as Pub/Sub data + attributes.
+def encode_message(ticks: Sequence[Mapping[str, Any]], disconnects: Iterable[Mapping[str, Any]] = (),
+                   missing: Iterable[Mapping[str, Any]] = ()) -> tuple[bytes, dict[str, str]]:
+    """Encode ticks (one, or a batch), optional disconnect markers and missing ranges as Pub/Sub
+    data + attributes.
 
     All ticks of a message should share exchange and symbol (the attributes describe them); the
-    ``ts`` attribute is the earliest event time so per-tick re-stamping never moves an element
-    before its input timestamp.
+    ``ts`` attribute is the earliest event time (a range counts with its ``from``) so per-tick
+    re-stamping never moves an element before its input timestamp.
     """
-    disconnects = list(disconnects)
-    if not ticks and not disconnects:
-        raise ValueError("a message needs at least one tick or disconnect marker")
-    data = assemble([serialize(t) for t in ticks], [serialize(d) for d in disconnects]).encode("utf-8")
-    first = ticks[0] if ticks else disconnects[0]
-    single = len(ticks) == 1 and not disconnects
+    disconnects, missing = list(disconnects), list(missing)
+    if not ticks and not disconnects and not missing:
+        raise ValueError("a message needs at least one tick, disconnect marker or missing range")
+    data = assemble([serialize(t) for t in ticks], [serialize(d) for d in disconnects],
+                    [serialize(m) for m in missing]).encode("utf-8")
+    first = ticks[0] if ticks else (disconnects or missing)[0]
+    single = len(ticks) == 1 and not disconnects and not missing
     attributes = message_attributes(data, str(first[FIELD_EXCHANGE]), str(first[FIELD_SYMBOL]), len(ticks),
                                     str(ticks[0].get(FIELD_ID)) if single else None,
-                                    [record_time_us(r) for r in [*ticks, *disconnects]])
+                                    [record_time_us(r) for r in [*ticks, *disconnects]]
+                                    + [range_time_us(m) for m in missing])
     return data, attributes
+
+
+def range_time_us(entry: Mapping[str, Any]) -> int | None:
+    """The event time a missing range contributes to its message's ``ts``: its ``from``."""
+    return record_time_us({FIELD_TIMESTAMP: entry.get(RANGE_FROM)})

@@ -62,6 +62,7 @@ class Feed:
     keepalive: dict[str, Any]
     tardis: dict[str, Any]
     unlisted: dict[str, Any] | None
+    sequence: dict[str, Any] | None = None  # trade ids sequential per instrument: field and REST
 
     def subscribe_frames(self, natives: Sequence[str]) -> list[str]:
         """The subscribe requests for these native symbols, as sent (compact JSON)."""
@@ -107,6 +108,12 @@ class Contract:
     @property
     def exchanges(self) -> list[str]:
         return list(dict.fromkeys(exchange for exchange, _ in self.feeds))
+
+    @property
+    def sequential_exchanges(self) -> frozenset[str]:
+        """Venues whose every feed numbers trades sequentially per instrument."""
+        return frozenset(exchange for exchange in self.exchanges
+                         if all(feed.sequence for feed in self.feeds_of(exchange)))
 
     def feeds_of(self, exchange: str) -> list[Feed]:
         feeds = [feed for (name, _), feed in self.feeds.items() if name == exchange]
@@ -227,6 +234,6 @@ def load(directory: str = str(CONTRACT_DIR)) -> Contract:
     """The contract tables (read once per process)."""
     venues = json.loads((Path(directory) / "venues.json").read_text(encoding="utf-8"))["venues"]
     feeds = {(exchange, name): Feed(exchange, name, spec["ws_url"], spec["subscribe"], spec.get("keepalive") or {},
-                                    spec["tardis"], spec.get("unlisted"))
+                                    spec["tardis"], spec.get("unlisted"), spec.get("sequence"))
              for exchange, venue in venues.items() for name, spec in venue["feeds"].items()}
     return Contract(feeds, _instrument_rows(Path(directory) / "instruments.csv"))

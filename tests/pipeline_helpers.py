@@ -26,8 +26,9 @@ def tick(trade_id: int | str, price: float, amount: float, ts_us: int, side: str
                      ts_us, ts_us)
 
 
-def message(ticks: Sequence[dict[str, Any]], disconnects: Sequence[dict[str, Any]] = ()) -> PubsubMessage:
-    data, attributes = encode_message(ticks, disconnects)
+def message(ticks: Sequence[dict[str, Any]], disconnects: Sequence[dict[str, Any]] = (),
+            missing: Sequence[dict[str, Any]] = ()) -> PubsubMessage:
+    data, attributes = encode_message(ticks, disconnects, missing)
     return PubsubMessage(data, attributes)
 
 

@@ -56,6 +56,26 @@ def test_tables_have_schema_partitioning_and_clustering_and_second_call_is_a_no_
     assert {name: client.get_table(table_path(ref, name)).created for name in schemas.FIELDS} == created
 
 
+def test_a_table_of_an_older_release_takes_the_new_columns_in_place(client: Any) -> None:
+    """The candles table before missing_trades/is_complete (#15): ensure_tables appends them,
+    keeps the rows, and a new row with them can be inserted."""
+    from google.cloud import bigquery
+
+    ref = f"{PROJECT}:older_{uuid.uuid4().hex[:8]}"
+    bq.ensure_tables(client, ref)
+    path = table_path(ref, schemas.CANDLES_TABLE)
+    client.delete_table(path)
+    old_fields = [f for f in schemas.CANDLE_FIELDS if f["name"] not in ("missing_trades", "is_complete")]
+    client.create_table(bigquery.Table(path, schema=[bigquery.SchemaField.from_api_repr(f) for f in old_fields]))
+    insert(client, ref, schemas.CANDLES_TABLE, [candle(T0_US)])
+    assert bq.ensure_tables(client, ref) == []
+    assert [f.name for f in client.get_table(path).schema] == [f["name"] for f in schemas.CANDLE_FIELDS]
+    assert bq.add_new_columns(client, path, schemas.CANDLE_FIELDS) == []  # a second call: nothing
+    insert(client, ref, schemas.CANDLES_TABLE, [candle(T0_US + MINUTE_US, missing_trades=2, is_complete=False)])
+    rows = query(client, f"SELECT missing_trades, is_complete FROM `{path}` ORDER BY timestamp_in")
+    assert [(r["missing_trades"], r["is_complete"]) for r in rows] == [(None, None), (2, False)]
+
+
 def test_dataset_reference_forms() -> None:
     assert bq.split_dataset_ref("p:d") == ("p", "d")
     assert bq.split_dataset_ref("p.d") == ("p", "d")
@@ -74,9 +94,9 @@ def test_views_are_idempotent_and_return_the_right_numbers(client: Any, dataset:
     # symbol at 05:00; a 15s candle that volume_by_hour must ignore.
     candles = [
         candle(T0_US, revision=0, volume=1.0, close=1.0),
-        candle(T0_US, revision=1, volume=3.0, close=2.0),
-        candle(T0_US + MINUTE_US, revision=0, volume=5.0, close=3.0),
-        candle(T0_US + 60 * MINUTE_US, symbol="ETH-USDT", volume=7.0),
+        candle(T0_US, revision=1, volume=3.0, close=2.0, missing_trades=3, is_complete=False),
+        candle(T0_US + MINUTE_US, revision=0, volume=5.0, close=3.0, missing_trades=0, is_complete=True),
+        candle(T0_US + 60 * MINUTE_US, symbol="ETH-USDT", volume=7.0, missing_trades=None, is_complete=False),
         candle(T0_US, timeframe="15s", timeframe_us=15_000_000, volume=100.0),
     ]
     candles = [dict(c, timestamp_out=iso_from_us(parse_time_us(c["window_end"]) + 2_000_000),
@@ -119,6 +139,12 @@ def test_views_are_idempotent_and_return_the_right_numbers(client: Any, dataset:
         ("BTC-USDT", 8.0, 6, 2), ("ETH-USDT", 7.0, 3, 1)]
     assert volume[0]["hour"].timestamp() * 1e6 == T0_US
     assert volume[0]["vwap"] == pytest.approx(4262.0)
+
+    complete = {(r["symbol"], r["timeframe"]): r for r in query(client, f"SELECT * FROM {ds}.completeness_by_day`")}
+    btc = complete[("BTC-USDT", "1m")]  # 04:00 revision 1 (3 missing), 04:01 complete
+    assert (btc["candle_count"], btc["complete_candles"], btc["candles_missing_trades"],
+            btc["max_missing_trades"]) == (2, 1, 1, 3)
+    assert complete[("ETH-USDT", "1m")]["max_missing_trades"] is None  # the venue cannot tell
 
     cost = {r["table_name"]: r for r in query(client, f"SELECT * FROM {ds}.rows_cost_by_day`")}
     for table, rows in ((schemas.TICKS_TABLE, ticks), (schemas.CANDLES_TABLE, candles),

@@ -131,3 +131,101 @@ def test_the_same_id_again_in_another_bucket_is_stored_once_in_a_bounded_run():
     rows = run_market_data(feed, options(timeframes="15s,1m"), streaming=False)
     assert sorted(t["id"] for t in rows["ticks"]) == ["7", "8"]
     assert sum(c["trades"] for c in by_timeframe(rows["candles"], "1m")) == 2
+
+
+# Issue 15's missing ranges and fill marks: every malformed one is a dead letter with its reason.
+def missing_entry(**change: object) -> dict:
+    entry = {"exchange": "binance", "symbol": "BTC-USDT", "from": "2017-08-17T00:00:01Z",
+             "to": "2017-08-17T00:00:04Z", "fromSeq": 5, "toSeq": 7, "count": 3}
+    entry.update(change)
+    return {k: v for k, v in entry.items() if v is not DROP}
+
+
+DROP = object()
+RANGE_FIELDS = ("exchange", "symbol", "from", "to", "fromSeq", "toSeq", "count")
+BAD_RANGES = [
+    *[({name: DROP}, "bad missing range") for name in RANGE_FIELDS],  # every field missing
+    *[({name: None}, "bad missing range") for name in RANGE_FIELDS],
+    *[({name: ["5"]}, "bad missing range") for name in RANGE_FIELDS],  # wrong type
+    ({"fromSeq": "5"}, "fromSeq must be an integer"),
+    ({"fromSeq": 5.0}, "fromSeq must be an integer"),
+    ({"toSeq": True}, "toSeq must be an integer"),
+    ({"count": 3.0}, "count must be"),
+    ({"count": "3"}, "count must be"),
+    ({"fromSeq": -3, "toSeq": -1}, "fromSeq must be an integer"),  # negative sequence numbers
+    ({"fromSeq": 7, "toSeq": 5, "count": -1}, "count must be in"),  # a negative range
+    ({"fromSeq": 0, "toSeq": 10 ** 10 - 1, "count": 10 ** 10}, "count must be in"),  # huge
+    ({"toSeq": 2 ** 64, "count": 2 ** 64 - 4}, "toSeq must be an integer"),
+    ({"toSeq": 10 ** 400}, "toSeq must be an integer"),
+    ({"count": 4}, "count must be toSeq - fromSeq + 1"),
+    ({"from": "2017-08-17T00:00:05Z"}, "from/to must be ordered"),
+    ({"from": "1969-12-31T23:59:59Z"}, "bad missing range"),
+    ({"to": "2999-01-01T00:00:00Z"}, "from/to must be ordered"),
+    ({"from": "\ud800"}, "bad missing range"),
+    ({"exchange": "bin\ud800ance"}, "exchange must match"),
+    ({"symbol": "BTC\ud800"}, "lone surrogate"),
+    ({"symbol": "S" * 65}, "symbol must have 1 to 64"),
+]
+
+
+def raw_batch(ticks: list[dict], missing: object) -> PubsubMessage:
+    data = json.dumps({"ticks": ticks, "missing": missing}).encode("ascii")
+    return PubsubMessage(data, {"ts": str(T0_US // 1000)})
+
+
+@pytest.mark.parametrize("change, reason", BAD_RANGES)
+def test_a_malformed_missing_range_is_a_dead_letter_and_the_rest_of_its_message_survives(change, reason):
+    batches, dead = parse(raw_batch([hostile("2")], [missing_entry(**change), missing_entry(fromSeq=9, toSeq=9,
+                                                                                            count=1)]))
+    assert [b.ids for b in batches if len(b)] == [["2"]]
+    assert [r for b in batches for r in b.missing] == [(T0_US + SECOND_US, T0_US + 4 * SECOND_US, 9, 1)]
+    [row] = dead
+    assert reason in row["reason"] and row["stage"] == "parse", row["reason"]
+    row["payload"].encode("utf-8")
+
+
+@pytest.mark.parametrize("missing", [{"a": 1}, "ranges", 7, [[1, 2]], ["x"], [None]])
+def test_a_missing_part_that_is_not_a_list_of_objects_is_a_dead_letter(missing):
+    batches, dead = parse(raw_batch([hostile("2")], missing))
+    assert len(dead) == 1 and all(len(b) <= 1 for b in batches)
+    assert ("must be arrays" in dead[0]["reason"]) == (not isinstance(missing, list))
+    dead[0]["payload"].encode("utf-8")
+
+
+FILL = {"from": "2017-08-17T00:00:01Z", "to": "2017-08-17T00:00:06Z", "fromSeq": 5, "seq": 6}
+
+
+@pytest.mark.parametrize("fill, reason", [
+    *[({k: v for k, v in FILL.items() if k != name}, "fills must be") for name in FILL],
+    ("6", "fills must be"),
+    ([5, 6], "fills must be"),
+    (dict(FILL, seq=4), "seq is before fromSeq"),
+    (dict(FILL, seq=6.5), "fills must be"),
+    (dict(FILL, seq=-6), "fills must be"),
+    (dict(FILL, fromSeq=2 ** 62), "fills must be"),
+    (dict(FILL, to="\udfff"), "fills must be"),
+    (dict(FILL, to="2017-08-17T00:00:00Z"), "from/to must be ordered"),
+])
+def test_a_tick_with_a_malformed_fill_mark_is_a_dead_letter(fill, reason):
+    batches, dead = parse(raw_message(hostile("1", fills=fill), hostile("2", fills=FILL)))
+    assert [b.ids for b in batches] == [["2"]] and list(batches[0].fills()) == [
+        (T0_US + SECOND_US, T0_US + 6 * SECOND_US, 5)]
+    [row] = dead
+    assert reason in row["reason"], row["reason"]
+    row["payload"].encode("utf-8")
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_a_bad_range_beside_a_good_one_never_stops_the_job(streaming):
+    good = missing_entry(**{"from": "2017-08-17T00:00:01Z", "to": "2017-08-17T00:00:20Z"})
+    feed = [message([tick(4, 100.0, 1.0, T0_US + SECOND_US)]),
+            PubsubMessage(json.dumps({"ticks": [tick(8, 101.0, 1.0, T0_US + 20 * SECOND_US)],
+                                      "missing": [missing_entry(count=10 ** 12), good]}).encode(),
+                          {"ts": str(T0_US // 1000 + 1000)})]
+    source = feed if not streaming else TestStream().advance_watermark_to(
+        Timestamp(micros=T0_US)).add_elements([stamped(m) for m in feed]).advance_watermark_to_infinity()
+    rows = run_market_data(source, options(timeframes="15s,1m"), streaming=streaming)
+    [minute] = [c for c in by_timeframe(rows["candles"], "1m") if c["timestamp_in"] == T0_US]
+    assert (minute["trades"], minute["missing_trades"]) == (2, 3)
+    [dead] = rows["dead_letter"]
+    assert dead["stage"] == "parse" and "count must be" in dead["reason"]

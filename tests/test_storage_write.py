@@ -103,7 +103,9 @@ def test_default_stream_writes_rows_and_dead_letters_what_cannot_be_stored(
 
 def test_streaming_pipeline_appends_candles_to_the_default_stream(
         client: Any, dataset: str, beam_to_emulator: None) -> None:
-    candles = [candle(T0_US + i * MINUTE_US) for i in range(6)]
+    # missing_trades NULL (a venue that cannot tell), 0..4; is_complete true once.
+    candles = [candle(T0_US + i * MINUTE_US, missing_trades=None if i == 5 else i, is_complete=i == 0)
+               for i in range(6)]
     stream = (test_stream.TestStream()
               .advance_watermark_to(T0_US / 1e6)
               .add_elements(candles[:3])
@@ -116,7 +118,8 @@ def test_streaming_pipeline_appends_candles_to_the_default_stream(
          | WriteRowsToBigQuery(schemas.CANDLES_TABLE, dataset))
     run(pipeline)
     written = query(client, f"SELECT timestamp_in, window_end, timestamp_out, latency_ms, trades, "
-                            f"is_gap, vwap FROM `{table_path(dataset, schemas.CANDLES_TABLE)}` "
+                            f"is_gap, vwap, missing_trades, is_complete "
+                            f"FROM `{table_path(dataset, schemas.CANDLES_TABLE)}` "
                             f"ORDER BY timestamp_in")
     assert [r["timestamp_in"].timestamp() * 1e6 for r in written] == [
         T0_US + i * MINUTE_US for i in range(6)]
@@ -124,6 +127,8 @@ def test_streaming_pipeline_appends_candles_to_the_default_stream(
         assert (row["trades"], row["is_gap"], row["vwap"]) == (3, False, 4262.0)
         assert row["latency_ms"] == pytest.approx(
             (row["timestamp_out"] - row["window_end"]).total_seconds() * 1e3, abs=0.001)
+    assert [(r["missing_trades"], r["is_complete"]) for r in written] == [
+        (0, True), (1, False), (2, False), (3, False), (4, False), (None, False)]
     dead = query(client, f"SELECT reason, payload FROM `{table_path(dataset, schemas.DEAD_LETTER_TABLE)}`")
     assert len(dead) == 1 and "INT64 column 'trades' got str 'many'" in dead[0]["reason"]
 

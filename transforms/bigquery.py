@@ -24,7 +24,8 @@ STORAGE_WRITE_USD_PER_GIB = 0.025
 VIEWS_DIR = Path(__file__).resolve().parent / "views"
 # In creation order: a view is created after the views it reads.
 VIEW_NAMES = ("ticks_unique", "candles_unique", "candles_latest", "candles_current",
-              "latency_by_minute", "volume_by_hour", "rows_cost_by_day", "reconciliation_by_day")
+              "latency_by_minute", "volume_by_hour", "rows_cost_by_day", "reconciliation_by_day",
+              "completeness_by_day")
 
 
 def make_client(project: str, endpoint: str | None = None) -> Any:
@@ -49,7 +50,8 @@ def split_dataset_ref(dataset_ref: str) -> tuple[str, str]:
 
 
 def ensure_tables(client: Any, dataset_ref: str) -> list[str]:
-    """Create the dataset and the ticks/candles/dead_letter tables if missing.
+    """Create the dataset and the ticks/candles/dead_letter tables if missing; give a table an
+    older release created the columns added since (``add_new_columns``).
 
     Returns the tables created by this call (empty when everything existed: a no-op).
     """
@@ -61,6 +63,7 @@ def ensure_tables(client: Any, dataset_ref: str) -> list[str]:
     created = []
     for name, fields in schemas.FIELDS.items():
         if name in existing:
+            add_new_columns(client, f"{project}.{dataset}.{name}", fields)
             continue
         table = bigquery.Table(f"{project}.{dataset}.{name}",
                                schema=[bigquery.SchemaField.from_api_repr(f) for f in fields])
@@ -71,6 +74,27 @@ def ensure_tables(client: Any, dataset_ref: str) -> list[str]:
         client.create_table(table, exists_ok=True)
         created.append(name)
     return created
+
+
+def add_new_columns(client: Any, table_id: str, fields: list[dict[str, Any]]) -> list[str]:
+    """Appends the schema's columns an existing table lacks and returns their names. New columns
+    are NULLABLE and last (``schemas``), which BigQuery adds in place: old rows read NULL, and
+    the writers (whose row encoding follows ``schemas``) find every column they write.
+
+    The schema update adds them with their descriptions; the DDL after it is a no-op on
+    BigQuery, and adds them to bqemulator's storage, which the update leaves as it was."""
+    from google.cloud import bigquery
+
+    table = client.get_table(table_id)
+    have = {field.name for field in table.schema}
+    new = [field for field in fields if field["name"] not in have]
+    if new:
+        table.schema = list(table.schema) + [bigquery.SchemaField.from_api_repr(f) for f in new]
+        client.update_table(table, ["schema"])
+        for field in new:
+            client.query(f"ALTER TABLE `{table_id}` ADD COLUMN IF NOT EXISTS `{field['name']}` "
+                         f"{field['type']}").result()
+    return [field["name"] for field in new]
 
 
 def _row_bytes_sql(table: str) -> str:

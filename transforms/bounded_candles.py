@@ -16,6 +16,9 @@ mode) dwarfs the arithmetic. So here ticks are grouped by (exchange, symbol, UTC
    and optionally the series checkpoint a stream continues from (transforms.checkpoint).
 
 The results equal what one element per bucket gives (same functions, same order-free merges).
+Facts about missing ranges (``transforms.completeness``) concern every window of their span, so a
+fragment goes to each hour its span touches, and each window takes it from exactly one hour:
+the hour where the span enters the window.
 """
 from __future__ import annotations
 
@@ -28,8 +31,9 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.candles import (PARTIAL, CandleCombineFn, CandleFromKeyFn, candle_row,
-                                candle_values, empty_accumulator, merge_into, summarize_batch)
+from transforms.candles import (MARKERS, PARTIAL, SPAN, CandleCombineFn, CandleFromKeyFn, batch_fragments,
+                                candle_row, candle_values, empty_accumulator, merge_into, summarize_batch)
+from transforms.completeness import window_starts
 from transforms.checkpoint import checkpoint_of_series
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.global_flatten import GlobalFlatten
@@ -44,7 +48,9 @@ PARTIALS_TAG = "partials"
 CHECKPOINTS_TAG = "checkpoints"
 STAGE_BOUNDED = "bounded_candles"
 
-HourGroup = tuple[TickBatch, frozenset]  # ticks of an hour, buckets with a disconnect marker
+# Ticks of an hour, the disconnect marker times of each of its buckets, and the fragments of
+# facts about missing ranges whose span touches the hour.
+HourGroup = tuple[TickBatch, dict[int, tuple[int, ...]], list[list[Any]]]
 
 
 def concat_batches(batches: list[TickBatch], bucket: int) -> TickBatch:
@@ -73,18 +79,30 @@ def take_index(batch: TickBatch, index: np.ndarray | slice) -> TickBatch:
                      None if batch.id_keys is None else batch.id_keys[index])
 
 
+class _Hour:
+    """What a bundle gathered for one (exchange, symbol, hour)."""
+
+    def __init__(self) -> None:
+        self.batches: list[TickBatch] = []
+        self.fragments: list[list[Any]] = []
+
+
 class RegroupByHourFn(beam.DoFn):
-    """((exchange, symbol), TickBatch) → ((exchange, symbol, hour), (TickBatch, disconnect
-    buckets)): a bundle's batches joined per hour, so the shuffle moves few large elements."""
+    """((exchange, symbol), TickBatch) → ((exchange, symbol, hour), HourGroup): a bundle's
+    batches joined per hour, so the shuffle moves few large elements."""
 
     def start_bundle(self) -> None:
-        self._buffer: dict[tuple[str, str, int], list[TickBatch]] = {}
+        self._buffer: dict[tuple[str, str, int], _Hour] = {}
         self._ticks = 0
 
     @dead_letter_on_error(STAGE_BOUNDED)
     def process(self, element: tuple[MarketKey, TickBatch]) -> Iterator[Any]:
         (exchange, symbol), batch = element
-        self._buffer.setdefault((exchange, symbol, batch.bucket // BUCKETS_PER_HOUR), []).append(batch)
+        self._buffer.setdefault((exchange, symbol, batch.bucket // BUCKETS_PER_HOUR), _Hour()).batches.append(batch)
+        for fragment in batch_fragments(batch):  # facts of every copy: they merge idempotently
+            from_us, to_us = fragment[SPAN]
+            for hour in range(from_us // HOUR_US, to_us // HOUR_US + 1):
+                self._buffer.setdefault((exchange, symbol, hour), _Hour()).fragments.append(fragment)
         self._ticks += len(batch)
         if self._ticks >= REGROUP_FLUSH_TICKS:
             for key, group in self._flush():
@@ -96,10 +114,19 @@ class RegroupByHourFn(beam.DoFn):
 
     def _flush(self) -> Iterator[tuple[tuple[str, str, int], HourGroup]]:
         buffer, self._buffer, self._ticks = self._buffer, {}, 0
-        for key, batches in buffer.items():
-            disconnects = frozenset(b.bucket for b in batches if b.disconnect)
-            ticks = [b for b in batches if len(b)] or batches[:1]
-            yield key, (concat_batches(ticks, key[2]), disconnects)
+        for key, hour in buffer.items():
+            markers: dict[int, tuple[int, ...]] = {}
+            for batch in hour.batches:
+                if batch.marker_us:
+                    markers[batch.bucket] = tuple(sorted(set(markers.get(batch.bucket, ()) + batch.marker_us)))
+            batches = [b for b in hour.batches if len(b)] or hour.batches[:1] or [_empty_batch(key)]
+            yield key, (concat_batches(batches, key[2]), markers, hour.fragments)
+
+
+def _empty_batch(key: tuple[str, str, int]) -> TickBatch:
+    """No tick of a market's hour: one only facts from batches of other hours concern."""
+    return TickBatch(key[0], key[1], key[1], [], np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64),
+                     np.empty(0), np.empty(0), np.empty(0, dtype=np.int8), key[2] * BUCKETS_PER_HOUR)
 
 
 class HourCandlesFn(beam.DoFn):
@@ -116,8 +143,12 @@ class HourCandlesFn(beam.DoFn):
     def process(self, element: tuple[tuple[str, str, int], Iterable[HourGroup]]) -> Iterator[Any]:
         (exchange, symbol, hour), groups = element
         groups = list(groups)
-        disconnects = frozenset().union(*(d for _, d in groups))
-        batch = concat_batches([b for b, _ in groups], hour)
+        markers: dict[int, set[int]] = {}
+        for _, group_markers, _ in groups:
+            for bucket, times in group_markers.items():
+                markers.setdefault(bucket, set()).update(times)
+        fragments = [fragment for _, _, group_fragments in groups for fragment in group_fragments]
+        batch = concat_batches(sorted((b for b, _, _ in groups), key=lambda b: not len(b)), hour)
         keys = batch.trade_keys()
         _, first = np.unique(keys, return_index=True)  # the first copy of every trade id
         if first.size < len(batch):
@@ -128,13 +159,16 @@ class HourCandlesFn(beam.DoFn):
         self.unique.inc(len(batch))
         if len(batch):
             yield batch
-        summaries = self._bucket_summaries(batch, disconnects)
+        summaries = self._bucket_summaries(batch, markers)
         for label, seconds in self._timeframes:
             length_us = seconds * 1_000_000
             windows: dict[int, list[Any]] = {}
             for bucket, summary in summaries:
                 start = bucket * BUCKET_US - bucket * BUCKET_US % length_us
                 merge_into(windows.setdefault(start, empty_accumulator()), summary)
+            for fragment in fragments:
+                for start in _windows_from_this_hour(fragment[SPAN], length_us, hour):
+                    merge_into(windows.setdefault(start, empty_accumulator()), fragment)
             if HOUR_US % length_us:  # the window reaches past the hour: combined across hours
                 for start, acc in windows.items():
                     yield beam.pvalue.TaggedOutput(PARTIALS_TAG, ((exchange, symbol, label, start), acc))
@@ -144,7 +178,7 @@ class HourCandlesFn(beam.DoFn):
                     for start, acc in sorted(windows.items())])
 
     @staticmethod
-    def _bucket_summaries(batch: TickBatch, disconnects: frozenset) -> list[tuple[int, list[Any]]]:
+    def _bucket_summaries(batch: TickBatch, markers: dict[int, set[int]]) -> list[tuple[int, list[Any]]]:
         """(bucket, accumulator) of every 15 s bucket with ticks or a disconnect marker."""
         summaries = []
         if len(batch):
@@ -154,14 +188,23 @@ class HourCandlesFn(beam.DoFn):
             for start, end in zip(bounds, bounds[1:]):
                 bucket = int(buckets[start])
                 summary = summarize_batch(take_index(ordered, slice(start, end)))
-                summary[PARTIAL] = bucket in disconnects
+                summary[PARTIAL] = bucket in markers
+                summary[MARKERS] = tuple(sorted(markers.get(bucket, ())))
                 summaries.append((bucket, summary))
         with_ticks = {bucket for bucket, _ in summaries}
-        for bucket in sorted(disconnects - with_ticks):  # a marker alone still flags its candles
+        for bucket in sorted(set(markers) - with_ticks):  # a marker alone still flags its candles
             marker = empty_accumulator()
             marker[PARTIAL] = True
+            marker[MARKERS] = tuple(sorted(markers[bucket]))
             summaries.append((bucket, marker))
         return summaries
+
+
+def _windows_from_this_hour(span: tuple[int, int], length_us: int, hour: int) -> list[int]:
+    """The windows of ``length_us`` a fragment's span touches that take it from this hour: the
+    hour where the span enters the window (so a window longer than an hour counts it once)."""
+    return [start for start in window_starts(*span, length_us)
+            if max(span[0], start) // HOUR_US == hour]
 
 
 class _Bag:

@@ -8,6 +8,7 @@ smallest and largest (timestamp, id), so arrival order never changes a candle.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any, Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
@@ -16,12 +17,15 @@ from apache_beam.transforms import trigger, window
 from apache_beam.utils.timestamp import Duration
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from transforms import exact
+from transforms import completeness, exact
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.global_flatten import GlobalFlatten
 from transforms.ticks import BUCKET_US, TickBatch, is_canonical_number
 
 PANE_INDEX = "pane_index"
+# Not an output column either: a disconnect marker of the window that no missing range covers
+# (the sequencer carries it over the gap candles that follow).
+UNCHECKED = "unchecked_disconnect"
 STAGE_CANDLES = "candles"
 DAY_SECONDS = 86_400
 LONG_TIMEFRAME_SECONDS = 4 * 3600  # 4h and longer get provisional early panes
@@ -66,9 +70,11 @@ def id_order_key(trade_id: str) -> tuple[int, int, str]:
 
 # Accumulator layout (a list: cheap to pickle, merge and shuffle between workers). The volume
 # sums are exact integers (transforms.exact) at AMOUNT_DECIMALS, quote volume at QUOTE_DECIMALS.
+# MARKERS holds the disconnect marker times, MISSING the facts about missing ranges
+# (transforms.completeness), SPAN the span a fragment of those facts covers (None for ticks).
 (OPEN_KEY, OPEN_PRICE, OPEN_ID, CLOSE_KEY, CLOSE_PRICE, CLOSE_ID, HIGH, LOW, VOLUME, QUOTE_VOLUME,
  TRADES, BUY_VOLUME, SELL_VOLUME, BUY_TRADES, SELL_TRADES, PARTIAL, NATIVE_SYMBOL, AMOUNT_DECIMALS,
- QUOTE_DECIMALS) = range(19)
+ QUOTE_DECIMALS, MARKERS, MISSING, SPAN) = range(22)
 _AMOUNT_SUMS = (VOLUME, BUY_VOLUME, SELL_VOLUME)
 # (amount, price) decimals each market needed so far in this process: the first guess for its
 # next batch, so the fixed-point conversion costs one pass (see exact.to_fixed). A hint only
@@ -90,6 +96,7 @@ def summarize_batch(batch: TickBatch) -> list[Any]:
     """A tick batch as a candle accumulator: vectorised reductions, one pass per column."""
     acc = empty_accumulator()
     acc[PARTIAL] = batch.disconnect
+    acc[MARKERS] = batch.marker_us
     acc[NATIVE_SYMBOL] = batch.native_symbol
     if not len(batch):
         return acc
@@ -113,6 +120,9 @@ def merge_into(acc: list[Any], other: list[Any]) -> list[Any]:
     if acc[NATIVE_SYMBOL] is None:
         acc[NATIVE_SYMBOL] = other[NATIVE_SYMBOL]
     acc[PARTIAL] = bool(acc[PARTIAL] or other[PARTIAL])
+    if other[MARKERS] and other[MARKERS] != acc[MARKERS]:
+        acc[MARKERS] = tuple(sorted(set(acc[MARKERS]) | set(other[MARKERS])))
+    acc[MISSING] = completeness.merge_facts(acc[MISSING], other[MISSING])
     if other[TRADES]:
         if not acc[TRADES] or other[OPEN_KEY] < acc[OPEN_KEY]:
             acc[OPEN_KEY], acc[OPEN_PRICE], acc[OPEN_ID] = other[OPEN_KEY], other[OPEN_PRICE], other[OPEN_ID]
@@ -135,8 +145,9 @@ def merge_into(acc: list[Any], other: list[Any]) -> list[Any]:
 
 
 def empty_accumulator() -> list[Any]:
-    acc: list[Any] = [None] * 19
+    acc: list[Any] = [None] * 22
     acc[PARTIAL] = False
+    acc[MARKERS] = ()
     acc[VOLUME] = acc[QUOTE_VOLUME] = acc[BUY_VOLUME] = acc[SELL_VOLUME] = 0
     acc[TRADES] = acc[BUY_TRADES] = acc[SELL_TRADES] = 0
     acc[AMOUNT_DECIMALS] = acc[QUOTE_DECIMALS] = 0
@@ -163,7 +174,43 @@ def candle_values(acc: list[Any]) -> dict[str, Any]:
         "first_tick_time": acc[OPEN_KEY][0] if trades else None,
         "last_tick_time": acc[CLOSE_KEY][0] if trades else None,
         "is_partial": bool(acc[PARTIAL]),
+        **completeness_values(acc[MARKERS], acc[MISSING]),
     }
+
+
+def completeness_values(markers: tuple[int, ...], facts: Any) -> dict[str, Any]:
+    """``missing_trades`` (known missing, not found yet), ``is_complete`` as far as this window's
+    own facts tell (the sequencer adds what the series tells), and the UNCHECKED flag."""
+    missing = completeness.missing_trades(facts)
+    unchecked = completeness.has_unchecked_marker(markers, facts)
+    return {"missing_trades": missing, "is_complete": missing == 0 and not unchecked, UNCHECKED: unchecked}
+
+
+def fragment_accumulator(span: tuple[int, int], facts: dict) -> list[Any]:
+    """An accumulator holding only facts about missing ranges, for every window of ``span``."""
+    acc = empty_accumulator()
+    acc[MISSING] = facts
+    acc[SPAN] = span
+    return acc
+
+
+def batch_fragments(batch: TickBatch) -> list[list[Any]]:
+    """The facts a batch brings about missing ranges, one fragment per range: the ranges it
+    reports (their count) and the ranges its ticks fill (their sequence numbers)."""
+    fragments = [fragment_accumulator((from_us, to_us), {(from_us, to_us, from_seq): (count, ())})
+                 for from_us, to_us, from_seq, count in batch.missing]
+    for key, seqs in batch.fills().items():
+        fragments.append(fragment_accumulator(key[:2], {key: (None, completeness.intervals_of(seqs.tolist()))}))
+    return fragments
+
+
+@lru_cache(maxsize=1)
+def sequential_exchanges() -> frozenset[str]:
+    """Venues whose trade ids are sequential per instrument (``ingest/contract/venues.json``):
+    only there can a worker tell what is missing."""
+    from ingest.venues import load
+
+    return load().sequential_exchanges
 
 
 class CandleCombineFn(beam.CombineFn):
@@ -191,6 +238,8 @@ def candle_row(exchange: str, symbol: str, timeframe: str, start_us: int, end_us
     candle = {"exchange": exchange, "symbol": symbol, "timeframe": timeframe,
               "timestamp_in": start_us, "window_end": end_us}
     candle.update(values)
+    if exchange not in sequential_exchanges():  # the venue cannot tell what is missing
+        candle["missing_trades"], candle["is_complete"] = None, False
     candle["is_gap"] = False
     candle["is_final"] = is_final
     candle[PANE_INDEX] = pane_index  # orders panes of one window; not an output column
@@ -198,11 +247,17 @@ def candle_row(exchange: str, symbol: str, timeframe: str, start_us: int, end_us
 
 
 class SummarizeBatchFn(beam.DoFn):
-    """A tick batch → ((exchange, symbol, bucket start µs), accumulator), for the combines."""
+    """A tick batch → ((exchange, symbol, bucket start µs), accumulator), for the combines: its
+    ticks and markers, and one fragment per missing range it reports or fills (SpanWindows
+    gives a fragment to every window of its span)."""
 
     @dead_letter_on_error(STAGE_CANDLES)
     def process(self, batch: TickBatch) -> Iterator[tuple[tuple[str, str, int], list[Any]]]:
-        yield (batch.exchange, batch.symbol, batch.bucket * BUCKET_US), summarize_batch(batch)
+        key = (batch.exchange, batch.symbol, batch.bucket * BUCKET_US)
+        if len(batch) or batch.disconnect:
+            yield key, summarize_batch(batch)
+        for fragment in batch_fragments(batch):
+            yield key, fragment
 
 
 class CandleFromPaneFn(beam.DoFn):
@@ -267,7 +322,8 @@ class CandlesFromTicks(beam.PTransform):
             labelled = (summaries.summaries
                         | f"KeyBySymbol{label}" >> beam.Map(lambda kv: ((kv[0][0], kv[0][1]), kv[1]))
                         | f"Window{label}" >> beam.WindowInto(
-                            window.FixedWindows(seconds), trigger=self._trigger(seconds),
+                            completeness.SpanWindows(seconds * 1_000_000, SPAN),
+                            trigger=self._trigger(seconds),
                             accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
                             allowed_lateness=Duration(seconds=self._lateness))
                         | f"Combine{label}" >> beam.CombinePerKey(CandleCombineFn())

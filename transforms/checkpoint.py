@@ -45,6 +45,16 @@ def _state_from_json(data: Optional[dict[str, Any]]) -> Optional[FeatureState]:
     return FeatureState(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
+def history_entry(row: dict[str, Any], state_before: Optional[FeatureState]) -> SeriesEntry:
+    """A sequencer history entry from an output row. Whether the feed was unchecked after it is
+    read back from the row's flags: nothing counted missing yet not complete. A series' first
+    candle reads so too, which only makes the gap candles after it incomplete: never the
+    reverse."""
+    unchecked = row.get("missing_trades") == 0 and row.get("is_complete") is False
+    return SeriesEntry(row, state_before, 0, feed_unknown=unchecked,
+                       made_gap=bool(row.get("is_gap")) and not row.get("is_partial"))
+
+
 def checkpoint_of_series(key: SeriesKey, rows: list[dict[str, Any]], timeframe_seconds: int,
                          with_features: bool, history_limit: int) -> Optional[SeriesCheckpoint]:
     """The state the streaming sequencer would hold after ``rows`` (one whole series, in order).
@@ -60,7 +70,7 @@ def checkpoint_of_series(key: SeriesKey, rows: list[dict[str, Any]], timeframe_s
         before = feature_state
         if feature_state is not None:
             feature_state, _ = step(feature_state, row, float(timeframe_seconds))
-        history.append(SeriesEntry(row, before, 0))
+        history.append(history_entry(row, before))
         del history[:-history_limit]
     last_trade = max((r["last_tick_time"] for r in rows if r["last_tick_time"] is not None),
                      default=rows[0]["timestamp_in"])
@@ -82,8 +92,8 @@ def from_json(text: str) -> SeriesCheckpoint:
     data = json.loads(text)
     if data.get("version") != VERSION:
         raise ValueError(f"series checkpoint version {data.get('version')!r}, expected {VERSION}")
-    history = [SeriesEntry({k: (None if isinstance(v, float) and math.isnan(v) else v)
-                            for k, v in e["row"].items()}, _state_from_json(e["state_before"]), 0)
+    history = [history_entry({k: (None if isinstance(v, float) and math.isnan(v) else v)
+                              for k, v in e["row"].items()}, _state_from_json(e["state_before"]))
                for e in data["history"]]
     return SeriesCheckpoint(tuple(data["key"]), SeriesState(
         data["next_start_us"], data["last_trade_us"], history, _state_from_json(data["feature_state"])))

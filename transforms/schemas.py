@@ -70,7 +70,15 @@ CANDLE_FIELDS: list[dict[str, Any]] = [
            "job's rows supersede an older one's (a restarted local job replays its journal)."),
     _field("timestamp_out", "TIMESTAMP", description="Processing time the row was produced."),
     _field("latency_ms", "FLOAT64", description="timestamp_out - window_end."),
-] + [_field(name, "FLOAT64") for name in FEATURE_NAMES]
+] + [_field(name, "FLOAT64") for name in FEATURE_NAMES] + [
+    # Completeness (SPEC §3.3): last, so an existing table takes them with ALTER TABLE ADD COLUMN.
+    _field("missing_trades", "INT64", description="Trades known missing: of the id ranges the ingest "
+           "worker reported missing whose time span touches this window, those not recovered yet. NULL "
+           "where the venue's trade ids are not sequential (it cannot tell)."),
+    _field("is_complete", "BOOL", description="Every trade of the window is known to be here: the venue "
+           "numbers trades sequentially, missing_trades = 0, every disconnect in or before the window "
+           "was checked by the ids, and it is not the first candle of its series."),
+]
 
 DEAD_LETTER_FIELDS: list[dict[str, Any]] = [
     _field("stage", "STRING", "REQUIRED", "parse, late, bigquery_insert, ..."),

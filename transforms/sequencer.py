@@ -26,7 +26,7 @@ from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteState
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms import features
-from transforms.candles import PANE_INDEX
+from transforms.candles import PANE_INDEX, UNCHECKED
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter, dead_letter_on_error
 from transforms.feature_state import initial_state, step
 from transforms.features import FEATURE_NAMES
@@ -46,6 +46,9 @@ class SeriesEntry:
     row: dict[str, Any]
     state_before: Any  # feature_state.FeatureState before this candle (None: no features)
     pane_index: int  # newest pane applied: an older pane arriving later must not win
+    feed_unknown: bool = False  # after this candle the feed was down, not checked since
+    made_gap: bool = False  # a gap candle the sequencer made (no element of its own)
+    series_start: bool = False  # the first candle of its series
 
 
 @dataclass
@@ -73,9 +76,13 @@ def _split_series(released: list[Any]) -> list[list[dict[str, Any]]]:
     return segments
 
 
-def gap_candle(previous: dict[str, Any], start_us: int, length_us: int) -> dict[str, Any]:
-    """An interval without trades: O=H=L=C=previous close, zero volume, vwap NULL."""
+def gap_candle(previous: dict[str, Any], start_us: int, length_us: int,
+               feed_unknown: bool = False) -> dict[str, Any]:
+    """An interval without trades: O=H=L=C=previous close, zero volume, vwap NULL. Complete when
+    the venue can tell and the feed was up (``feed_unknown``: a disconnect before it that no
+    missing range has covered yet)."""
     close = previous["close"]
+    missing = None if previous.get("missing_trades") is None else 0
     return {
         "exchange": previous["exchange"], "symbol": previous["symbol"],
         "native_symbol": previous["native_symbol"], "timeframe": previous["timeframe"],
@@ -85,6 +92,7 @@ def gap_candle(previous: dict[str, Any], start_us: int, length_us: int) -> dict[
         "buy_volume": 0.0, "sell_volume": 0.0, "buy_trades": 0, "sell_trades": 0,
         "first_trade_id": None, "last_trade_id": None, "first_tick_time": None,
         "last_tick_time": None, "is_gap": True, "is_partial": False, "is_final": True,
+        "missing_trades": missing, "is_complete": missing is not None and not feed_unknown,
     }
 
 
@@ -148,6 +156,7 @@ class SequenceCandlesFn(beam.DoFn):
             early_revisions.write(revisions)
             row = dict(candle, revision=revision, job_start=self._job_start_us, **_NO_FEATURES)
             del row[PANE_INDEX]
+            row.pop(UNCHECKED, None)
             yield row
             return
         if series and start < series.next_start_us:
@@ -224,18 +233,19 @@ class SequenceCandlesFn(beam.DoFn):
                 yield from self._fill_gaps(series, candle["timestamp_in"], early, trailing=True)
                 series = None
                 yield SERIES_BREAK
-            if series is None:
+            starts = series is None
+            if starts:
                 if not candle["trades"]:
-                    continue  # a disconnect marker before any trade: no price to build a candle on
+                    continue  # a marker or range before any trade: no price to build a candle on
                 series = SeriesState(next_start_us=candle["timestamp_in"],
                                      last_trade_us=candle["last_tick_time"],
                                      feature_state=self._initial_features(candle["timeframe"]))
                 candle = dict(candle, is_partial=True)  # first candle of the key since start
             yield from self._fill_gaps(series, candle["timestamp_in"], early)
-            if not candle["trades"]:  # only a disconnect marker in this window
-                candle = dict(gap_candle(series.history[-1].row, candle["timestamp_in"],
-                                         self._timeframe_us[candle["timeframe"]]), is_partial=True)
-            yield self._append(series, candle, early)
+            if not candle["trades"]:  # only disconnect markers or missing ranges in this window
+                candle = _facts_on_gap(gap_candle(series.history[-1].row, candle["timestamp_in"],
+                                                  self._timeframe_us[candle["timeframe"]]), candle)
+            yield self._append(series, candle, early, series_start=starts)
         for candle in later:
             pending.add(candle)
         if series is None:  # nothing released, or the key went idle and nothing started anew
@@ -310,17 +320,24 @@ class SequenceCandlesFn(beam.DoFn):
             elif start >= until_us:
                 return
             self.gaps.inc()
-            yield self._append(series, gap_candle(series.history[-1].row, start, length), early)
+            unknown = series.history[-1].feed_unknown
+            yield self._append(series, gap_candle(series.history[-1].row, start, length, unknown), early,
+                               made_gap=True)
 
-    def _append(self, series: SeriesState, candle: dict[str, Any], early: dict[int, int]) -> dict[str, Any]:
+    def _append(self, series: SeriesState, candle: dict[str, Any], early: dict[int, int],
+                made_gap: bool = False, series_start: bool = False) -> dict[str, Any]:
         """Adds a final candle at the end of the series and returns its output row; its revision
-        follows those its provisional panes used (``early``, updated)."""
+        follows those its provisional panes used (``early``, updated). The first candle of a
+        series is never complete: the trades before the job started are unknown."""
         state_before = series.feature_state
         revision = early.pop(candle["timestamp_in"], -1) + 1
         row = dict(candle, is_final=True, revision=revision, job_start=self._job_start_us)
         pane_index = row.pop(PANE_INDEX, 0)
+        unknown = series.history[-1].feed_unknown if made_gap else bool(row.pop(UNCHECKED, False))
+        if series_start:
+            row["is_complete"] = False
         row.update(self._features(series, row))
-        series.history.append(SeriesEntry(row, state_before, pane_index))
+        series.history.append(SeriesEntry(row, state_before, pane_index, unknown, made_gap, series_start))
         length = self._timeframe_us[row["timeframe"]]
         del series.history[:-self.history_limit(length)]
         series.next_start_us = row["timestamp_in"] + length
@@ -351,6 +368,7 @@ class SequenceCandlesFn(beam.DoFn):
             self.too_old.inc()
             row = dict(candle, revision=1, job_start=self._job_start_us, **_NO_FEATURES)
             del row[PANE_INDEX]
+            row.pop(UNCHECKED, None)
             yield row
             return
         if candle[PANE_INDEX] <= series.history[index].pane_index:
@@ -359,20 +377,30 @@ class SequenceCandlesFn(beam.DoFn):
         series.history[index].pane_index = candle[PANE_INDEX]
         entries = series.history[index:]
         old_rows = [e.row for e in entries]
-        first = entries[0].row
+        first = entries[0]
         if candle["trades"]:
             replaced = dict(candle, is_final=True, is_gap=False, job_start=self._job_start_us,
-                            is_partial=bool(first["is_partial"] or candle["is_partial"]))
+                            is_partial=bool(first.row["is_partial"] or candle["is_partial"]))
             del replaced[PANE_INDEX]
-        else:  # only a late disconnect marker: the candle's values stand, it becomes partial
-            replaced = dict(first, is_partial=True)
-        state = entries[0].state_before
+        else:  # only late markers or missing ranges: the candle's prices stand, its flags change
+            replaced = _facts_on_gap(first.row, candle)
+            del replaced[PANE_INDEX]
+        first.feed_unknown = bool(replaced.pop(UNCHECKED, False))
+        first.made_gap = False
+        if first.series_start:
+            replaced["is_complete"] = False
+        state = first.state_before
+        unknown = series.history[index - 1].feed_unknown if index else False
         previous_close = None
         for offset, entry in enumerate(entries):
             base = replaced if offset == 0 else entry.row
             if base["is_gap"] and previous_close is not None:
                 base = dict(base, open=previous_close, high=previous_close, low=previous_close,
                             close=previous_close)
+            if entry.made_gap:  # the feed state it inherits may have changed
+                entry.feed_unknown = unknown
+                base = dict(base, is_complete=base.get("missing_trades") is not None and not unknown)
+            unknown = entry.feed_unknown
             entry.state_before = state
             row = dict(base)
             if state is not None:
@@ -386,6 +414,14 @@ class SequenceCandlesFn(beam.DoFn):
         series.feature_state = state
         if candle["last_tick_time"]:
             series.last_trade_us = max(series.last_trade_us, candle["last_tick_time"])
+
+
+def _facts_on_gap(row: dict[str, Any], candle: dict[str, Any]) -> dict[str, Any]:
+    """A candle without trades (``row``: prices of the previous close) with the disconnect
+    markers and missing ranges its window holds (``candle``: the window's combined facts)."""
+    return dict(row, is_partial=bool(row["is_partial"] or candle["is_partial"]),
+                missing_trades=candle["missing_trades"], is_complete=candle["is_complete"],
+                **{UNCHECKED: candle.get(UNCHECKED, False), PANE_INDEX: candle.get(PANE_INDEX, 0)})
 
 
 class SequenceCandles(beam.PTransform):

@@ -61,7 +61,7 @@ class DedupTicksFn(beam.DoFn):
         keep = seen.unseen(keys)
         if not keep.all():
             self.duplicates.inc(int((~keep).sum()))
-            batch, keys = batch.take(keep), keys[keep]
+            batch, keys = batch.without(~keep), keys[keep]
         self.unique.inc(len(batch))
         if len(batch):
             seen.add(keys, batch.ts_us)
@@ -71,7 +71,7 @@ class DedupTicksFn(beam.DoFn):
             if current is None or due < current:
                 forget.set(Timestamp(micros=due))
                 forget_at.write(due)
-        if len(batch) or batch.disconnect:
+        if len(batch) or batch.has_news:
             yield TimestampedValue(batch, Timestamp(micros=batch.event_time_us))
 
     @on_timer(FORGET)
@@ -95,7 +95,8 @@ class DedupTicksFn(beam.DoFn):
 
 
 class LateTicksToDeadLetterFn(beam.DoFn):
-    """One dead_letter row per too-late tick (the tick's JSON as payload), one per late marker."""
+    """One dead_letter row per too-late tick (the tick's JSON as payload), one per late marker,
+    one per late missing range."""
 
     @dead_letter_on_error(STAGE_LATE)
     def process(self, batch: TickBatch) -> Iterator[dict[str, Any]]:
@@ -107,6 +108,9 @@ class LateTicksToDeadLetterFn(beam.DoFn):
             yield dead_letter(STAGE_LATE, "disconnect marker arrived after its window's allowed "
                               "lateness", {"bucket_start": batch.bucket * BUCKET_US}, attributes,
                               batch.bucket * BUCKET_US)
+        for entry, (_, to_us, _, _) in zip(batch.missing_dicts(), batch.missing):
+            yield dead_letter(STAGE_LATE, "missing range arrived after its window's allowed lateness",
+                              entry, attributes, to_us)
 
 
 class GuardedTicks(NamedTuple):

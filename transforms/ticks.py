@@ -22,6 +22,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from ingest import message as wire
 from transforms import tick_rules as rules
+from transforms.completeness import RangeKey
+from transforms.missing_ranges import MissingRange, fill_columns, fill_dict, fill_of, missing_dict, missing_range
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter, dead_letter_on_error
 
 BUCKET_US = 15_000_000  # the finest timeframe; every timeframe is a multiple of it
@@ -49,6 +51,12 @@ class TickBatch:
     publish_time_us: int = 0
     disconnect: bool = False  # the feed dropped/reconnected inside this bucket
     id_keys: np.ndarray | None = None  # trade_id_keys(ids), when a columnar parser had them at hand
+    marker_us: tuple[int, ...] = ()  # times of the disconnect markers in this bucket
+    missing: tuple[MissingRange, ...] = ()  # ranges reported missing whose span ends in this bucket
+    fill_keys: tuple[RangeKey, ...] = ()  # the ranges some of these ticks fill
+    fill_index: np.ndarray | None = None  # int32 per tick: its range in fill_keys, -1 none
+    fill_seq: np.ndarray | None = None  # int64 per tick: its venue sequence number when it fills
+    found: tuple[tuple[RangeKey, np.ndarray], ...] = ()  # fill marks of duplicates dropped (``without``)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -68,24 +76,57 @@ class TickBatch:
 
     def take(self, mask: np.ndarray) -> "TickBatch":
         index = np.flatnonzero(mask)
+        fills = self.fill_index is not None
         return TickBatch(self.exchange, self.symbol, self.native_symbol,
                          [self.ids[i] for i in index], self.ts_us[index], self.local_ts_us[index],
                          self.price[index], self.amount[index], self.side[index], self.bucket,
                          self.publish_time_us, self.disconnect,
-                         None if self.id_keys is None else self.id_keys[index])
+                         None if self.id_keys is None else self.id_keys[index], self.marker_us,
+                         self.missing, self.fill_keys, self.fill_index[index] if fills else None,
+                         self.fill_seq[index] if fills else None, self.found)
+
+    def without(self, drop: np.ndarray) -> "TickBatch":
+        """The batch without the ``drop`` ticks (duplicates), keeping their fill marks: a trade
+        that came live and recovered is counted once, and its range is filled whichever copy
+        carried the mark."""
+        kept = self.take(~drop)
+        kept.found = tuple(self.take(drop).fills().items())
+        return kept
+
+    @property
+    def has_news(self) -> bool:
+        """Something for the candles besides ticks: a disconnect marker, a missing range or a fill."""
+        return self.disconnect or bool(self.missing) or bool(self.found)
+
+    def fills(self) -> dict[RangeKey, np.ndarray]:
+        """The sequence numbers these ticks (and dropped duplicates) fill, per missing range."""
+        fills = dict(self.found)
+        for i, key in enumerate(self.fill_keys):
+            seqs = self.fill_seq[self.fill_index == i]
+            if seqs.size:
+                fills[key] = np.concatenate([fills[key], seqs]) if key in fills else seqs
+        return fills
 
     def tick_dicts(self) -> Iterator[dict[str, Any]]:
-        """The ticks back in wire format (for dead-letter payloads)."""
+        """The ticks back in wire format (for dead-letter payloads), fill marks included."""
         for i, trade_id in enumerate(self.ids):
-            yield wire.make_tick(self.exchange, self.symbol, self.native_symbol, trade_id,
-                                 float(self.price[i]), float(self.amount[i]),
-                                 SIDE_NAMES[int(self.side[i])], int(self.ts_us[i]),
-                                 int(self.local_ts_us[i]))
+            tick = wire.make_tick(self.exchange, self.symbol, self.native_symbol, trade_id,
+                                  float(self.price[i]), float(self.amount[i]),
+                                  SIDE_NAMES[int(self.side[i])], int(self.ts_us[i]),
+                                  int(self.local_ts_us[i]))
+            if self.fill_index is not None and self.fill_index[i] >= 0:
+                tick[wire.FIELD_FILLS] = fill_dict(self.fill_keys[int(self.fill_index[i])], int(self.fill_seq[i]))
+            yield tick
+
+    def missing_dicts(self) -> Iterator[dict[str, Any]]:
+        """The missing ranges back in wire format (for dead-letter payloads)."""
+        for missing in self.missing:
+            yield missing_dict(self.exchange, self.symbol, missing)
 
     def dead_letter_payload(self) -> dict[str, Any]:
         """What a dead-letter row shows of a batch that failed a step."""
         return {wire.BATCH_KEY: list(self.tick_dicts()), "bucket": self.bucket,
-                "disconnect": self.disconnect}
+                "disconnect": self.disconnect, wire.MISSING_KEY: list(self.missing_dicts())}
 
 
 def _number(value: Any, name: str) -> float:
@@ -98,8 +139,8 @@ def _number(value: Any, name: str) -> float:
 
 
 def _validate_tick(tick: Any, min_ts_us: int | None, max_ts_us: int) -> tuple:
-    """One tick dict → (exchange, symbol, native, id, ts, local_ts, price, amount, side); raises
-    ValueError with the reason for anything the rules (``transforms.tick_rules``) refuse."""
+    """One tick dict → (exchange, symbol, native, id, ts, local_ts, price, amount, side, fill);
+    raises ValueError with the reason for anything the rules (``transforms.tick_rules``) refuse."""
     if not isinstance(tick, dict):
         raise ValueError(f"tick is not an object: {type(tick).__name__}")
     if "_error" in tick:
@@ -136,7 +177,8 @@ def _validate_tick(tick: Any, min_ts_us: int | None, max_ts_us: int) -> tuple:
     local_us = wire.parse_time_us(local) if local not in (None, "") else ts_us
     if not 0 <= local_us <= max_ts_us:
         raise ValueError("localTimestamp is before 1970 or too far in the future")
-    return exchange, symbol, native, trade_id, ts_us, local_us, price, amount, SIDE_CODES[side]
+    fill = fill_of(tick.get(wire.FIELD_FILLS), max_ts_us)
+    return exchange, symbol, native, trade_id, ts_us, local_us, price, amount, SIDE_CODES[side], fill
 
 
 def _message_problem(attributes: Mapping[str, str]) -> tuple[str | None, int | None]:
@@ -154,9 +196,11 @@ def _message_problem(attributes: Mapping[str, str]) -> tuple[str | None, int | N
 
 def parse_records(records: Sequence[Any], attributes: Mapping[str, str] | None = None,
                   publish_time_us: int = 0, max_future_us: int = 86_400_000_000,
-                  disconnects: Sequence[Any] = (), now_us: int | None = None
-                  ) -> tuple[list[TickBatch], list[dict[str, Any]]]:
-    """Validate tick dicts; group the good ones into TickBatches per (exchange, symbol, bucket).
+                  disconnects: Sequence[Any] = (), now_us: int | None = None,
+                  missing: Sequence[Any] = ()) -> tuple[list[TickBatch], list[dict[str, Any]]]:
+    """Validate tick dicts; group the good ones into TickBatches per (exchange, symbol, bucket),
+    with the disconnect markers and missing ranges of the message (a range goes with the bucket
+    of its span's end, where the worker found it).
 
     Returns (batches, dead-letter rows). The ``ts`` attribute, when present, must not be later
     than any tick: it is the element's timestamp, and Beam cannot move an element before it.
@@ -170,18 +214,17 @@ def parse_records(records: Sequence[Any], attributes: Mapping[str, str] | None =
             [dead_letter(STAGE_PARSE, refused, records, attributes)]
     groups: dict[tuple[str, str, int], list[tuple]] = {}
     natives: dict[tuple[str, str], str] = {}
+    markers: dict[tuple[str, str, int], list[int]] = {}
+    ranges: dict[tuple[str, str, int], list[MissingRange]] = {}
     dead: list[dict[str, Any]] = []
     for tick in records:
         try:
-            exchange, symbol, native, trade_id, ts_us, local_us, price, amount, side = \
-                _validate_tick(tick, min_ts_us, max_ts_us)
+            exchange, symbol, native, *row = _validate_tick(tick, min_ts_us, max_ts_us)
         except (ValueError, TypeError, OverflowError) as exc:
             dead.append(dead_letter(STAGE_PARSE, str(exc), tick, attributes))
             continue
-        key = (exchange, symbol, ts_us // BUCKET_US)
         natives.setdefault((exchange, symbol), native)
-        groups.setdefault(key, []).append((trade_id, ts_us, local_us, price, amount, side))
-    disconnect_buckets = set()
+        groups.setdefault((exchange, symbol, row[1] // BUCKET_US), []).append(tuple(row))
     for marker in disconnects:
         try:
             if not isinstance(marker, dict):
@@ -195,22 +238,34 @@ def parse_records(records: Sequence[Any], attributes: Mapping[str, str] | None =
         except (ValueError, TypeError, KeyError, OverflowError) as exc:
             dead.append(dead_letter(STAGE_PARSE, f"bad disconnect marker: {exc}", marker, attributes))
             continue
-        key = (exchange, symbol, ts_us // BUCKET_US)
-        disconnect_buckets.add(key)
-        groups.setdefault(key, [])
+        markers.setdefault((exchange, symbol, ts_us // BUCKET_US), []).append(ts_us)
         natives.setdefault((exchange, symbol), symbol)
-    batches = []
-    for key, rows in groups.items():
-        exchange, symbol, bucket = key
-        # A disconnect marker alone makes an empty batch: it still flags its bucket's candle.
-        ids, ts, local, price, amount, side = zip(*rows) if rows else ((),) * 6
-        batches.append(TickBatch(exchange, symbol, natives[(exchange, symbol)], list(ids),
-                                 np.asarray(ts, dtype=np.int64), np.asarray(local, dtype=np.int64),
-                                 np.asarray(price, dtype=np.float64),
-                                 np.asarray(amount, dtype=np.float64),
-                                 np.asarray(side, dtype=np.int8), bucket, publish_time_us,
-                                 key in disconnect_buckets))
-    return batches, dead
+    for entry in missing:
+        try:
+            exchange, symbol, reported = missing_range(entry, max_ts_us)
+        except ValueError as exc:
+            dead.append(dead_letter(STAGE_PARSE, str(exc), entry, attributes))
+            continue
+        ranges.setdefault((exchange, symbol, reported[1] // BUCKET_US), []).append(reported)
+        natives.setdefault((exchange, symbol), symbol)
+    return [_batch(key, groups.get(key, []), natives[key[:2]], publish_time_us, markers.get(key, ()),
+                   ranges.get(key, ()))
+            for key in dict.fromkeys([*groups, *markers, *ranges])], dead
+
+
+def _batch(key: tuple[str, str, int], rows: list[tuple], native: str, publish_time_us: int,
+           marker_us: Sequence[int], missing: Sequence[MissingRange]) -> TickBatch:
+    """One bucket's TickBatch from validated rows (a marker or a range alone makes an empty one:
+    it still concerns its candles)."""
+    exchange, symbol, bucket = key
+    ids, ts, local, price, amount, side, fills = zip(*rows) if rows else ((),) * 7
+    fill_keys, fill_index, fill_seq = fill_columns(fills)
+    return TickBatch(exchange, symbol, native, list(ids), np.asarray(ts, dtype=np.int64),
+                     np.asarray(local, dtype=np.int64), np.asarray(price, dtype=np.float64),
+                     np.asarray(amount, dtype=np.float64), np.asarray(side, dtype=np.int8), bucket,
+                     publish_time_us, bool(marker_us), marker_us=tuple(sorted(set(marker_us))),
+                     missing=tuple(dict.fromkeys(missing)), fill_keys=fill_keys, fill_index=fill_index,
+                     fill_seq=fill_seq)
 
 
 class ParseTicksFn(beam.DoFn):
@@ -249,15 +304,18 @@ class ParseTicksFn(beam.DoFn):
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             return [], [dead_letter(STAGE_PARSE, f"bad JSON: {exc}", data, attributes)]
         disconnects: Any = ()
+        missing: Any = ()
         if isinstance(decoded, dict) and wire.BATCH_KEY in decoded:
             records = decoded[wire.BATCH_KEY]
             disconnects = decoded.get(wire.DISCONNECTS_KEY) or []
-            if not isinstance(records, list) or not isinstance(disconnects, list):
-                return [], [dead_letter(STAGE_PARSE, "ticks/disconnects must be arrays", data,
+            missing = decoded.get(wire.MISSING_KEY) or []
+            if not all(isinstance(part, list) for part in (records, disconnects, missing)):
+                return [], [dead_letter(STAGE_PARSE, "ticks/disconnects/missing must be arrays", data,
                                         attributes)]
         else:
             records = [decoded]
-        return parse_records(records, attributes, publish_time_us, self._max_future_us, disconnects)
+        return parse_records(records, attributes, publish_time_us, self._max_future_us, disconnects,
+                             missing=missing)
 
     def _emit(self, batches: list[TickBatch], dead: list[dict[str, Any]]) -> Iterator[Any]:
         for row in dead:
