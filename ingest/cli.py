@@ -149,6 +149,9 @@ def _replay_window(args: argparse.Namespace) -> tuple[str, str]:
 def make_recovery(args: argparse.Namespace, feed: Feed, console: Console) -> Recovery | None:
     """A Recovery when asked (--recover; by default with --live) and the feed has a sequence."""
     wanted = args.live if args.recover is None else args.recover
+    if args.recover and not feed.sequence:
+        logger.warning("%s %s: trade ids are not sequential, so missing trades cannot be told or recovered "
+                       "(--recover ignored; disconnects are still marked)", feed.exchange, feed.name)
     if not wanted or not feed.sequence:
         return None
     return Recovery(feed, RecoveryOptions(timeout_s=args.recover_timeout, base_url=args.recover_url),

@@ -137,6 +137,10 @@ export function parseOptions(argv, env = process.env) {
 /** A Recovery when asked (--recover; by default with --live) and the feed has a sequence. */
 export function makeRecovery(options, { signal, log, notify }) {
   const wanted = options.recover ?? options.live;
+  if (options.recover && !options.feed.sequence) {
+    log(`${options.feed.exchange} ${options.feed.name}: trade ids are not sequential, so missing trades cannot be `
+      + 'told or recovered (--recover ignored; disconnects are still marked)');
+  }
   if (!wanted || !options.feed.sequence) return undefined;
   return new Recovery(options.feed, { timeoutMs: options.recoverTimeoutS * 1000, baseUrl: options.recoverUrl,
     notify, log, signal });
