@@ -10,15 +10,13 @@ workers must page; ``mode`` "down" answers 503 and "busy" 429 with Retry-After, 
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 from ingest.venues import load
-from tests.ingest_harness import REPO, Session
+from tests.ingest_harness import REPO, LoopbackHttp, Session
 
 FIXTURES = REPO / "tests" / "fixtures" / "ingest" / "recovery"
 VENUES = ("binance", "binance-futures", "coinbase", "deribit")
@@ -59,7 +57,7 @@ def load_trades(exchange: str) -> Trades:
                   [t["rest"] for t in spec["trades"]], spec["docs"])
 
 
-class LoopbackRest:
+class LoopbackRest(LoopbackHttp):
     """The venue's trades-by-sequence endpoint on 127.0.0.1; records every request's query."""
 
     def __init__(self, trades: Trades, mode: str = "ok", page_rows: int = 3) -> None:
@@ -85,21 +83,11 @@ class LoopbackRest:
             def log_message(self, *args: object) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> "LoopbackRest":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+        return self.endpoint
 
     def answer(self, path: str, query: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
         exchange, trades = self.trades.exchange, self.trades
@@ -128,7 +116,3 @@ class LoopbackRest:
         limit = min(int(query["count"]), self.page_rows)
         return 200, {"jsonrpc": "2.0", "result": {"trades": chosen[:limit], "has_more": len(chosen) > limit},
                      "usIn": 1732436101000000, "usOut": 1732436101000200, "usDiff": 200, "testnet": False}, {}
-
-
-def fixture_path(exchange: str) -> Path:
-    return FIXTURES / f"{exchange}.json"

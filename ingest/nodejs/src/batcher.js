@@ -45,8 +45,8 @@ export class TickBatcher {
   bucket(key) {
     let bucket = this.existing(key);
     if (!bucket) {
-      bucket = { exchange: key[0], symbol: key[1], parts: [], markers: [], missing: [], timesUs: [], size: BATCH_OVERHEAD,
-        singleId: undefined, timer: null };
+      bucket = { exchange: key[0], symbol: key[1], parts: [], markers: [], missing: [], timesUs: [],
+        size: BATCH_OVERHEAD, singleId: undefined, timer: null };
       this.pending.set(key.join('\u0000'), bucket);
     }
     if (bucket.timer === null && this.batchLatencyMs > 0) {

@@ -179,7 +179,8 @@ export class Recovery {
   }
 
   url(gap, cursor, limit) {
-    const values = { native: encodeURIComponent(gap.native), from_seq: cursor, to_seq: gap.toSeq, after: cursor, limit };
+    const values = { native: encodeURIComponent(gap.native), from_seq: cursor, to_seq: gap.toSeq, after: cursor,
+      limit };
     const url = this.rest.url.replace(/\{(\w+)\}/g, (whole, name) => String(values[name] ?? whole));
     if (!this.baseUrl) return url;
     const { protocol, host } = new URL(url);
@@ -202,7 +203,9 @@ export class Recovery {
         const text = await response.text();
         if (response.status === 200) return rowsOf(JSON.parse(text), this.feed.exchange);
         problem = `HTTP ${response.status}: ${text.slice(0, 200)}`;
-        if (!RETRY_STATUSES.has(response.status) && response.status < 500) throw new GiveUp(`${url} answered ${problem}`);
+        if (!RETRY_STATUSES.has(response.status) && response.status < 500) {
+          throw new GiveUp(`${url} answered ${problem}`);
+        }
         retryAfter = retryAfterMs(response.headers);
       } catch (error) {
         if (error instanceof GiveUp || this.signal?.aborted) throw error;
