@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from transforms.features import CANDLE_FIELDS, compute_features, initial_state, step
+from transforms.feature_state import initial_state, step
+from transforms.features import CANDLE_FIELDS, compute_features
 
 TIMEFRAME_SECONDS = 15.0
 

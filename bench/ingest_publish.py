@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from ingest.cli import main as ingest_main  # noqa: E402
 from ingest.message import make_tick  # noqa: E402
-from pipelines.local_stack import PubSubEmulator, pubsub_env  # noqa: E402
+from pipelines.emulators import PubSubEmulator, pubsub_env  # noqa: E402
 
 TRADES = REPO / "tests" / "fixtures" / "exchanges" / "files" / "BTCUSDT-trades-2017-08-17.csv"
 DAY_US = 86_400_000_000

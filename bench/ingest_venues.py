@@ -30,7 +30,11 @@ sys.path.insert(0, str(REPO))
 
 from ingest.normalizers import FeedReader  # noqa: E402
 from ingest.venues import load  # noqa: E402
-from pipelines.local_stack import PubSubEmulator, ensure_topic_and_subscription, pubsub_env  # noqa: E402
+from pipelines.emulators import (  # noqa: E402
+    PubSubEmulator,
+    ensure_topic_and_subscription,
+    pubsub_env,
+)
 from tests.ingest_harness import load_session, session_names  # noqa: E402
 
 PROJECT = "bench-project"

@@ -5,18 +5,23 @@
 2. ``mds replay``: the Beam pipeline (DirectRunner, batch) over the file, candles + features.
 3. streaming: Pub/Sub emulator → ``mds run`` (DirectRunner) → local BigQuery API server, fed by
    ``mds ingest`` with a slice of the day re-stamped to now at each of ``--stream-rates`` (the DirectRunner's
-   Pub/Sub watermark is the wall clock, see pipelines/demo.py); sustained ticks/s into BigQuery
-   and candle ``latency_ms`` percentiles from the candles table.
+   Pub/Sub watermark is the wall clock, see pipelines/demo.py), once per
+   ``--bigquery-write-methods``; sustained ticks/s into BigQuery, ``latency_ms`` percentiles,
+   and bytes per stored row as each method bills them (bench/bigquery_bytes.py).
 4. ingest workers (Python ``mds ingest``, Node.js ``mds-ingest.js``) publishing the file into the
    emulator as fast as they can.
 5. backfill: ``mds backfill`` over a month-like set of daily files per symbol
    (``bench.generate_month``), one worker vs the DirectRunner's multi-processing on every core,
    against numpy on the same files with their load included.
+6. the BigQuery writers alone: ``--writer-ticks`` tick rows of the day through each of
+   ``--bigquery-write-methods``' DoFn into a fresh local server (bench/bigquery_writers.py):
+   rows/s and bytes per row.
 
 Subprocesses are measured from outside: wall time, and peak RSS of the whole process tree
 polled from /proc. Not a test: it prints figures.
 
     .venv/bin/python -m bench.run [--ticks 5000000] [--skip-streaming] [--stream-rates 20000,50000]
+        [--stream-mode ticks] [--bigquery-write-methods STORAGE_WRITE_API,STREAMING_INSERTS]
 """
 from __future__ import annotations
 
@@ -39,7 +44,9 @@ import numpy as np
 import pandas as pd
 
 from bench.generate_day import DEFAULT_SEED, DEFAULT_TICKS, ensure_day
+from pipelines.local_names import DEFAULT_DATASET, LOCAL_PROJECT  # noqa: E402
 from pipelines.options import DEFAULT_FEATURE_TIMEFRAMES, DEFAULT_TIMEFRAMES
+from transforms.bigquery import WRITE_METHODS
 from transforms.candles import parse_timeframes
 from transforms.features import CANDLE_FIELDS, compute_features
 
@@ -47,7 +54,7 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 MDS = [PYTHON, "-m", "pipelines.cli"]
 NODE_INGEST = ["node", str(REPO / "ingest" / "nodejs" / "bin" / "mds-ingest.js")]
-PROJECT, DATASET = "local-project", "market_data"
+PROJECT, DATASET = LOCAL_PROJECT, DEFAULT_DATASET
 RSS_POLL_SECONDS = 0.2
 BIGQUERY_POLL_SECONDS = 2.0
 
@@ -137,8 +144,8 @@ def run_measured(command: list[str], env: Optional[dict[str, str]] = None, timeo
         output, _ = process.communicate(timeout=timeout)
     finally:
         if process.poll() is None:
-            from pipelines.local_stack import _terminate_group
-            _terminate_group(process)
+            from pipelines.emulators import terminate_group
+            terminate_group(process)
         peak = monitor.stop()
     return Measured(time.perf_counter() - started, peak, output.decode(errors="replace"), process.returncode,
                     _children_cpu_seconds() - cpu_before)
@@ -310,26 +317,34 @@ def _delivered(client: Any, mode: str, timeframe: str) -> int:
     return int(rows[0]["n"] or 0)
 
 
-def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str, rate: float) -> Row:
+def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str, rate: float,
+                  method: str) -> Row:
+    from bench.bigquery_bytes import bytes_per_row
     from pipelines.demo import Heartbeat
-    from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
-                                       ensure_topic_and_subscription, pubsub_env)
+    from pipelines.emulators import (
+        BigQueryEmulator,
+        PubSubEmulator,
+        ensure_topic_and_subscription,
+        pubsub_env,
+        terminate_group,
+    )
     from transforms.bigquery import make_client
 
     ticks = min(int(rate * args.stream_seconds), day.ticks)
     shortest = parse_timeframes(args.timeframes)[0][0]
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, BIGQUERY_EMULATOR_HOST=bigquery.endpoint,
-                   GOOGLE_CLOUD_PROJECT=PROJECT)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, GOOGLE_CLOUD_PROJECT=PROJECT,
+                   **bigquery.client_env())
         log = open(os.path.join(work_dir, "streaming_pipeline.log"), "wb")
         pipeline = subprocess.Popen(
             MDS + ["run", "--runner=BundleBasedDirectRunner", f"--input_subscription={subscription}",
                    f"--output_dataset={PROJECT}:{DATASET}", f"--mode={args.stream_mode}",
                    f"--timeframes={args.timeframes}", f"--feature_timeframes={args.feature_timeframes}",
                    f"--allowed_lateness_seconds={args.allowed_lateness_seconds}",
+                   f"--bigquery_write_method={method}",
                    "--early_firing_seconds=10", "--idle_timeout_seconds=120",
-                   f"--local_journal_dir={os.path.join(work_dir, f'journal-{rate:g}')}"],
+                   f"--local_journal_dir={os.path.join(work_dir, f'journal-{rate:g}-{method}')}"],
             cwd=REPO, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
         monitor = PeakRssMonitor(pipeline.pid)
         monitor.start()
@@ -359,14 +374,18 @@ def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str, rate:
                 delivered = _delivered(client, args.stream_mode, shortest)
             dead = {row["stage"]: int(row["n"]) for row in client.query(
                 f"SELECT stage, COUNT(*) AS n FROM `{PROJECT}.{DATASET}.dead_letter` GROUP BY stage").result()}
-            latency = np.array([r["latency_ms"] for r in client.query(
-                f"SELECT latency_ms FROM `{PROJECT}.{DATASET}.candles` "
-                f"WHERE is_final AND latency_ms IS NOT NULL").result()], dtype=np.float64)
+            latency_sql = (f"SELECT latency_ms FROM `{PROJECT}.{DATASET}.candles` WHERE is_final "
+                           f"AND latency_ms IS NOT NULL" if args.stream_mode == "candles" else
+                           f"SELECT latency_ms FROM `{PROJECT}.{DATASET}.ticks_unique`")
+            latency = np.array([r["latency_ms"] for r in client.query(latency_sql).result()],
+                               dtype=np.float64)
+            sizes = bytes_per_row(client, PROJECT, DATASET,
+                                  "candles" if args.stream_mode == "candles" else "ticks")
         finally:
             heartbeat.stop()
             for process in (ingest, pipeline):
                 if process is not None and process.poll() is None:
-                    _terminate_group(process)
+                    terminate_group(process)
             peak = monitor.stop()
             log.close()
     match = _PY_SUMMARY.search(ingest_output)
@@ -375,12 +394,18 @@ def streaming_row(day: DayArrays, args: argparse.Namespace, work_dir: str, rate:
     publish_seconds = float(match.group(2))
     p50, p95, p99 = np.percentile(latency, [50, 95, 99]) if latency.size else (np.nan,) * 3
     kept_up = delivered == published and publish_seconds <= args.stream_seconds * 1.1
-    note = (f"mode {args.stream_mode}; offered {published / args.stream_seconds:,.0f}/s for "
+    billed = (f"{sizes['insertall_billed']:,.0f} B billed (≥1 KB rule), ${sizes['insertall_usd_per_million']:.4f}"
+              if method == "STREAMING_INSERTS" else
+              f"{sizes['proto']:,.1f} B proto, ${sizes['storage_write_usd_per_million']:.4f}") if sizes else "-"
+    note = (f"{method}, mode {args.stream_mode}; offered {published / args.stream_seconds:,.0f}/s for "
             f"{args.stream_seconds:g}s, published in {publish_seconds:.1f}s "
             f"({args.stream_batch_size} ticks/message max); {delivered:,}/{published:,} ticks in BigQuery "
-            f"{'(kept up)' if kept_up else '(FELL BEHIND)'}, dead letters {dead or 0}; final candle latency_ms "
-            f"p50={p50:,.0f} p95={p95:,.0f} p99={p99:,.0f} (n={latency.size:,})")
-    return Row(f"streaming {rate / 1000:g}k/s offered: Pub/Sub→run→BQ", delivered, publish_seconds, peak, note)
+            f"{'(kept up)' if kept_up else '(FELL BEHIND)'}, dead letters {dead or 0}; "
+            f"{'final candle' if args.stream_mode == 'candles' else 'tick'} latency_ms "
+            f"p50={p50:,.0f} p95={p95:,.0f} p99={p99:,.0f} (n={latency.size:,}); per row: "
+            f"{sizes.get('logical', 0):,.1f} B logical, {billed} per million rows")
+    label = "SWA" if method == "STORAGE_WRITE_API" else "insertAll"
+    return Row(f"streaming {rate / 1000:g}k/s offered → BQ {label}", delivered, publish_seconds, peak, note)
 
 
 def _tables_ready(client: Any) -> bool:
@@ -398,7 +423,11 @@ _NODE_SUMMARY = re.compile(r"ingest summary: ([\d,]+) ticks .* ([\d,]+) ticks/s 
 
 
 def ingest_rows(path: str, args: argparse.Namespace) -> list[Row]:
-    from pipelines.local_stack import PubSubEmulator, ensure_topic_and_subscription, pubsub_env
+    from pipelines.emulators import (
+        PubSubEmulator,
+        ensure_topic_and_subscription,
+        pubsub_env,
+    )
 
     common = ["--source", path, "--create-topic", "--quiet", "--project", PROJECT,
               "--batch-size", str(args.batch_size), "--duration", str(args.ingest_seconds)]
@@ -477,6 +506,27 @@ def backfill_rows(args: argparse.Namespace) -> list[Row]:
                         f"{ticks / measured.cpu_seconds:,.0f} per CPU-second ({measured.cpu_seconds:,.0f} "
                         f"CPU-s); {speedup:.2f}× of 1 worker; {measured.seconds / limit_seconds:.1f}× "
                         f"numpy incl. load"))
+
+
+# --------------------------------------------------------------------------- 6. BigQuery writers
+
+def writer_rows(day: DayArrays, args: argparse.Namespace) -> list[Row]:
+    from bench.bigquery_writers import measure_writer, tick_batches
+
+    batches = tick_batches(day.frame, min(args.writer_ticks, day.ticks))
+    ticks = sum(len(batch) for batch in batches)
+    rows = []
+    for method in args.bigquery_write_methods:
+        got = measure_writer(batches, method, PROJECT, DATASET)
+        sizes = got["sizes"]
+        billed = (f"{sizes['insertall_billed']:,.0f} B billed (≥1 KB), ${sizes['insertall_usd_per_million']:.4f}"
+                  if method == "STREAMING_INSERTS" else
+                  f"{sizes['proto']:,.1f} B proto, ${sizes['storage_write_usd_per_million']:.4f}")
+        rows.append(Row(f"BQ writer alone: {method}", got["stored"], got["seconds"], None,
+                        f"{got['stored']:,}/{ticks:,} tick rows stored, {got['failed']} dead letters, "
+                        f"one bundle per 2,000-row batch; per row "
+                        f"{sizes['logical']:,.1f} B logical, {billed} per million rows"))
+        print(f"writer {method}: {rows[-1].ticks_per_second:,.0f} rows/s", flush=True)
     return rows
 
 
@@ -511,6 +561,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--backfill-days", type=int, default=10, help="daily files per symbol (3 symbols)")
     parser.add_argument("--backfill-ticks-per-day", type=int, default=3_000_000,
                         help="ticks per day of the backfill set, over the 3 symbols")
+    parser.add_argument("--skip-writers", action="store_true")
+    parser.add_argument("--writer-ticks", type=int, default=200_000,
+                        help="tick rows each BigQuery write method writes alone (stage 6)")
     parser.add_argument("--stream-seconds", type=float, default=60.0, help="how long the stream publishes")
     parser.add_argument("--stream-rates", type=lambda text: [float(r) for r in text.split(",")],
                         default=[20_000.0, 50_000.0],
@@ -524,6 +577,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "messages at a time into a 4 MB gRPC response: keep messages under ~400 KB)")
     parser.add_argument("--stream-mode", choices=("candles", "ticks", "both"), default="candles",
                         help="what the streaming job writes (candles: the default job)")
+    parser.add_argument("--bigquery-write-methods", type=lambda text: text.split(","),
+                        default=list(WRITE_METHODS),
+                        help="comma-separated --bigquery_write_method values: one streaming run "
+                             "(and row) each, per rate")
     parser.add_argument("--allowed-lateness-seconds", type=int, default=30)
     parser.add_argument("--ingest-seconds", type=float, default=30.0,
                         help="each ingest worker publishes the day for at most this long")
@@ -564,8 +621,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"replay: {rows[-1].seconds:.1f}s", flush=True)
     if not args.skip_streaming:
         for rate in args.stream_rates:
-            rows.append(streaming_row(day, args, args.work_dir, rate))
-            print(f"streaming: {rows[-1].note}", flush=True)
+            for method in args.bigquery_write_methods:
+                rows.append(streaming_row(day, args, args.work_dir, rate, method))
+                print(f"streaming: {rows[-1].note}", flush=True)
+    if not args.skip_writers:
+        rows.extend(writer_rows(day, args))
     if not args.skip_ingest:
         rows.extend(ingest_rows(path, args))
     if not args.skip_backfill:

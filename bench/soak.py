@@ -22,7 +22,8 @@ from typing import Optional
 import numpy as np
 
 from bench.generate_day import DEFAULT_SEED, DEFAULT_TICKS, ensure_day
-from bench.run import MDS, PROJECT, DATASET, REPO, _rss_bytes, _tree_pids, load_day, restamped_slice
+from bench.run import (DATASET, MDS, PROJECT, REPO, _rss_bytes, _tree_pids, load_day,
+                       restamped_slice)
 
 WARM_UP_SECONDS = 120
 
@@ -43,8 +44,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     from pipelines.demo import Heartbeat
-    from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
-                                       ensure_topic_and_subscription, pubsub_env)
+    from pipelines.emulators import (
+        BigQueryEmulator,
+        PubSubEmulator,
+        ensure_topic_and_subscription,
+        pubsub_env,
+        terminate_group,
+    )
     from transforms.bigquery import make_client
 
     os.chdir(REPO)
@@ -54,7 +60,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ticks = min(int(args.rate * seconds), day.ticks)
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, BIGQUERY_EMULATOR_HOST=bigquery.endpoint)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, **bigquery.client_env())
         log = open(os.path.join(args.work_dir, "soak_pipeline.log"), "wb")
         pipeline = subprocess.Popen(
             MDS + ["run", "--runner=BundleBasedDirectRunner", f"--input_subscription={subscription}",
@@ -97,7 +103,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             heartbeat.stop()
             for process in (ingest, pipeline):
                 if process is not None and process.poll() is None:
-                    _terminate_group(process)
+                    terminate_group(process)
             log.close()
     if pipeline.returncode not in (None, 0, -15):
         print(f"the pipeline exited with {pipeline.returncode}; see {log.name}")

@@ -23,36 +23,43 @@ import sys
 from datetime import datetime, timedelta, timezone
 from typing import AsyncIterator, Callable
 
-from ingest.console import Console
-from ingest.message import iso_from_us
 from ingest.clients import (DEFAULT_MAX_BYTES_IN_FLIGHT, DEFAULT_MAX_MESSAGES_IN_FLIGHT, FileSink,
                             make_publisher_client)
-from ingest.publisher import (DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PUBLISH_TIMEOUT_S, MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES,
-                              TickPublisher)
+from ingest.console import Console
+from ingest.message import iso_from_us
+from ingest.publisher import (DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PUBLISH_TIMEOUT_S,
+                              MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES, TickPublisher)
 from ingest.recover import DEFAULT_RECOVER_TIMEOUT_S, Recovery, RecoveryOptions, rest_base, with_recovery
-from ingest.sources import (Backoff, SourceItem, file_items, live_trades, live_with_fallback, paced, tardis_endpoint,
-                            tardis_replay)
+from ingest.sources import (Backoff, SourceItem, file_items, live_trades, live_with_fallback, paced,
+                            tardis_endpoint, tardis_replay)
 from ingest.streams import SourceStats
 from ingest.values import ValueRejected, time_us
 from ingest.venues import Feed, Instrument, load
+from pipelines.local_names import LOCAL_PROJECT
 
 logger = logging.getLogger("ingest")
-DEFAULT_PROJECT = "local-project"
 TARDIS_KEY_ENV = "TARDIS_API_KEY"
 MAX_BATCH_SIZE = 20_000
 FALLBACK_WINDOW = timedelta(hours=1)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The worker's own parser (``python -m ingest.cli``, the Cloud Run job); ``mds ingest`` is
+    the same arguments in the ``mds`` tree."""
     parser = argparse.ArgumentParser(prog="mds ingest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exchange", default="binance", help=f"one of {', '.join(load().exchanges)}")
     parser.add_argument("--symbol", default="BTC-USDT",
                         help="comma-separated symbols of ONE feed: user form (BTC-USDT, BTC-USD-PERP) or native")
     parser.add_argument("--from", dest="from_date", help="replay start, ISO date/time (no zone = UTC)")
     parser.add_argument("--to", dest="to_date", help="replay end, ISO date/time (no zone = UTC), exclusive")
     parser.add_argument("--topic", default="ticks", help="topic name or projects/P/topics/T")
-    parser.add_argument("--project", default=os.environ.get("GOOGLE_CLOUD_PROJECT", DEFAULT_PROJECT))
+    parser.add_argument("--project", default=os.environ.get("GOOGLE_CLOUD_PROJECT", LOCAL_PROJECT))
     parser.add_argument("--live", action="store_true", help="stream from the exchange's public WebSocket")
     parser.add_argument("--fallback-replay", action="store_true",
                         help="with --live: replay from Tardis if the exchange cannot be reached")
@@ -90,7 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recover-url", help="override the venue REST base URL used to recover (scheme://host)")
     parser.add_argument("--quiet", action="store_true", help="no per-second status line")
     parser.add_argument("--create-topic", action="store_true", help="create the topic if it does not exist")
-    return parser
 
 
 def topic_path(project: str, topic: str) -> str:
@@ -240,7 +246,7 @@ async def run(args: argparse.Namespace, feed: Feed, instruments: list[Instrument
     console.line(f"🚀 mds ingest: {feed.exchange} {','.join(i.symbol for i in instruments)} from "
                  f"{_describe(args, feed)} → {args.output or path}")
     if args.create_topic and not args.output:
-        from pipelines.local_stack import ensure_topic_and_subscription
+        from pipelines.emulators import ensure_topic_and_subscription
 
         _, project, _, topic = path.split("/")
         ensure_topic_and_subscription(project, topic)
@@ -279,7 +285,10 @@ async def run(args: argparse.Namespace, feed: Feed, instruments: list[Instrument
 
 def main(argv: list[str]) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_command(parser.parse_args(argv), parser)
+
+
+def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     feed, instruments = _validate(args, parser)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return asyncio.run(run(args, feed, instruments))

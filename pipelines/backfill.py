@@ -20,13 +20,22 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from ingest import datasets
 from pipelines.bounded_run import BoundedRun, format_per_day, run_bounded
-from pipelines.options import DEFAULT_FEATURE_TIMEFRAMES, DEFAULT_TIMEFRAMES, MODES, OUTPUT_FORMATS
+from pipelines.options import (DEFAULT_FEATURE_TIMEFRAMES, DEFAULT_TIMEFRAMES, MODES,
+                               OUTPUT_FORMATS, MarketDataOptions)
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE
+
+PASSES_BEAM_OPTIONS = True  # unknown arguments are pipeline options (--runner=DataflowRunner, ...)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="mds backfill", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    """The arguments of ``mds backfill ARGV`` and the pipeline options among them."""
+    from pipelines.cli import parse_command
+
+    args = parse_command("backfill", argv)
+    return args, args.beam_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exchange", help="exchange of the Tardis datasets, e.g. binance")
     parser.add_argument("--symbols", help="comma-separated, as users write them: BTC-USDT,ETH-USDT")
     parser.add_argument("--from", dest="from_date", help="first UTC day, YYYY-MM-DD (inclusive)")
@@ -54,7 +63,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="local worker processes (DirectRunner); default: every core")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args, beam_args = parser.parse_known_args(argv)
+
+
+def check_arguments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """A download needs its whole range; output goes to out/backfill unless a dataset is given."""
     if args.input is None:
         missing = [flag for flag, value in (("--exchange", args.exchange), ("--symbols", args.symbols),
                                             ("--from", args.from_date), ("--to", args.to_date)) if not value]
@@ -62,7 +74,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
             parser.error(f"{', '.join(missing)} needed to download datasets (or give --input FILES)")
     if args.output_dir is None and not args.output_dataset:
         args.output_dir = os.path.join("out", "backfill")
-    return args, [a for a in beam_args if a != "--"]
 
 
 def input_files(args: argparse.Namespace) -> str:
@@ -91,7 +102,8 @@ def backfill(args: argparse.Namespace, beam_args: list[str]) -> dict[str, Any]:
     if args.output_dataset and runner.endswith("DirectRunner"):
         from pipelines.streaming_pipeline import prepare_bigquery
 
-        prepare_bigquery(args.output_dataset)
+        prepare_bigquery(args.output_dataset,
+                         PipelineOptions(beam_args).view_as(MarketDataOptions).bigquery_write_method)
     return run_bounded(BoundedRun(
         input_file=files, output_dir=args.output_dir, output_format=args.format,
         output_dataset=args.output_dataset, mode=args.mode, timeframes=args.timeframes,
@@ -102,9 +114,8 @@ def backfill(args: argparse.Namespace, beam_args: list[str]) -> dict[str, Any]:
         merge_tables=(CANDLES_TABLE, DEAD_LETTER_TABLE), beam_args=beam_args))
 
 
-def main(argv: list[str]) -> int:
-    args, beam_args = parse_args(argv)
-    summary = backfill(args, beam_args)
+def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    summary = backfill(args, args.beam_args)
     if args.download_only:
         print(summary["input"].replace(",", "\n"))
         return 0

@@ -2,7 +2,8 @@
 
 Pub/Sub emulator + local BigQuery API server on loopback → the Python ingest worker publishes the
 bundled Binance day → the streaming pipeline (DirectRunner) reads Pub/Sub in event time and
-streams ticks, candles and dead letters into BigQuery → the analytics views are queried.
+appends ticks, candles and dead letters to BigQuery through the Storage Write API (the server's
+gRPC port) → the analytics views are queried.
 
 The DirectRunner's Pub/Sub source sets the watermark to wall-clock time (docs/local-stack.md), so
 historical ticks would all arrive "late". The demo therefore replays the day compressed
@@ -26,18 +27,16 @@ import numpy as np
 
 from ingest.files import iter_ticks
 from ingest.message import iso_from_us, parse_time_us
-from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
-                                   ensure_topic_and_subscription, pubsub_env)
+from pipelines.emulators import (BigQueryEmulator, PubSubEmulator, ensure_topic_and_subscription,
+                                 pubsub_env, terminate_group)
+from pipelines.local_names import (DEFAULT_DATASET, LOCAL_PROJECT, TICKS_SUBSCRIPTION, TICKS_TOPIC)
 from pipelines.replay import SAMPLE
 from transforms.bigquery import ensure_tables, ensure_views, make_client
 
-PROJECT = "local-project"
-DATASET = "market_data"
+PROJECT, DATASET = LOCAL_PROJECT, DEFAULT_DATASET
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mds demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", default=SAMPLE, help="trades file to publish (default: bundled day)")
     parser.add_argument("--speed", type=float, default=600.0,
                         help="replay this many times faster than the market (event times re-stamped)")
@@ -47,7 +46,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--drain-seconds", type=float, default=65.0,
                         help="after publishing, wait this long for the last 1m windows to close")
     parser.add_argument("--allowed-lateness-seconds", type=int, default=30)
-    return parser.parse_args(argv)
 
 
 def restamp(source: str, target: str, speed: float, start_us: int) -> int:
@@ -91,9 +89,10 @@ def _query(client: Any, sql: str) -> list[dict[str, Any]]:
 
 
 def bigquery_line(client: Any) -> str:
-    """The seed's storage line, from the rows/cost view."""
+    """The seed's storage line, from the rows/cost view (priced as the Storage Write API rows
+    the demo's pipeline writes, before the free tier)."""
     rows = _query(client, f"SELECT SUM(row_count) AS n, SUM(approx_bytes) AS b, "
-                          f"SUM(streaming_insert_usd) AS usd FROM `{PROJECT}.{DATASET}.rows_cost_by_day`")
+                          f"SUM(storage_write_api_usd) AS usd FROM `{PROJECT}.{DATASET}.rows_cost_by_day`")
     n, size, usd = (rows[0]["n"] or 0), (rows[0]["b"] or 0), (rows[0]["usd"] or 0.0)
     return f"💾 BigQuery: {n:,} rows streamed, ~{size / 1e6:.2f}MB, ${usd:.4f} cost"
 
@@ -123,17 +122,17 @@ def summary(client: Any, published: int) -> list[str]:
     return lines
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, \
             tempfile.TemporaryDirectory(prefix="mds-demo-") as workdir, pubsub_env(pubsub.host):
-        print(f"🚀 Pub/Sub emulator {pubsub.host}, BigQuery API {bigquery.endpoint}", flush=True)
-        topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
+        print(f"🚀 Pub/Sub emulator {pubsub.host}, BigQuery API {bigquery.endpoint} "
+              f"(Storage Write API gRPC {bigquery.grpc_host})", flush=True)
+        topic, subscription = ensure_topic_and_subscription(PROJECT, TICKS_TOPIC, TICKS_SUBSCRIPTION)
         client = make_client(PROJECT, bigquery.endpoint)
         ensure_tables(client, f"{PROJECT}:{DATASET}")
         ensure_views(client, f"{PROJECT}:{DATASET}")
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host,
-                   BIGQUERY_EMULATOR_HOST=bigquery.endpoint, GOOGLE_CLOUD_PROJECT=PROJECT)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, GOOGLE_CLOUD_PROJECT=PROJECT,
+                   **bigquery.client_env())
         pipeline = subprocess.Popen(
             [sys.executable, "-m", "pipelines.cli", "run", "--runner=BundleBasedDirectRunner",
              f"--input_subscription={subscription}",
@@ -169,7 +168,7 @@ def main(argv: list[str]) -> int:
             heartbeat.stop()
             for process in (ingest, pipeline):
                 if process is not None and process.poll() is None:
-                    _terminate_group(process)
+                    terminate_group(process)
     print("✅ demo finished; emulators stopped", flush=True)
     return 0
 

@@ -11,6 +11,8 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.bigquery import STORAGE_WRITE_API, WRITE_METHODS
+
 MODES = ("ticks", "candles", "both")
 OUTPUT_FORMATS = ("jsonl", "parquet")
 DEFAULT_TIMEFRAMES = "15s,1m,5m,15m,4h,24h"
@@ -57,6 +59,11 @@ class MarketDataOptions(PipelineOptions):
                                  "continues those series (gaps, features) from there.")
         parser.add_argument("--output_dataset", default=None,
                             help="BigQuery dataset for ticks/candles/dead_letter: PROJECT:DATASET.")
+        parser.add_argument("--bigquery_write_method", choices=WRITE_METHODS,
+                            default=STORAGE_WRITE_API,
+                            help="How rows reach BigQuery: STORAGE_WRITE_API (default stream when "
+                                 "streaming, PENDING streams committed at the end of a bounded "
+                                 "run) or STREAMING_INSERTS (legacy insertAll).")
         parser.add_argument("--output_dir", default=None,
                             help="Write candles.jsonl / ticks.jsonl / dead_letter.jsonl here "
                                  "instead of (or as well as) BigQuery.")

@@ -13,13 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.bounded_run import BoundedRun, run_bounded
-from pipelines.options import DEFAULT_FEATURE_TIMEFRAMES, DEFAULT_TIMEFRAMES, MODES, OUTPUT_FORMATS
+from pipelines.options import (DEFAULT_FEATURE_TIMEFRAMES, DEFAULT_TIMEFRAMES, MODES,
+                               OUTPUT_FORMATS)
+from transforms.bigquery import STORAGE_WRITE_API, WRITE_METHODS
 
 SAMPLE = str(Path(__file__).resolve().parent / "sample" / "binance_trades_2017-08-17_BTCUSDT.csv.gz")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="mds replay", description=__doc__)
+    """The arguments of ``mds replay ARGV`` (as the ``mds`` tree parses them)."""
+    from pipelines.cli import parse_command
+
+    return parse_command("replay", argv)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", default=SAMPLE,
                         help="JSONL(.gz) of ticks, Tardis trades CSV(.gz) or Binance trades CSV: a "
                              "path, a glob or a comma-separated list (default: the bundled Binance "
@@ -41,22 +49,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="DirectRunner worker processes (files are spread over them)")
     parser.add_argument("--console-timeframes", default="1m",
                         help="timeframes printed as seed-style lines while running")
+    parser.add_argument("--output-dataset", default=None,
+                        help="also write to this BigQuery dataset, PROJECT:DATASET, all at once at "
+                             "the end of the run (locally: the variables `mds stack up` prints)")
+    parser.add_argument("--bigquery-write-method", choices=WRITE_METHODS, default=STORAGE_WRITE_API)
     parser.add_argument("--quiet", action="store_true", help="no console lines, no progress bar")
-    return parser.parse_args(argv)
 
 
 def replay(args: argparse.Namespace) -> dict[str, Any]:
     """Runs the replay and returns a summary (rows per table, ticks, throughput)."""
     console = None if args.quiet else {t.strip() for t in args.console_timeframes.split(",") if t.strip()}
+    if args.output_dataset:
+        from pipelines.streaming_pipeline import prepare_bigquery
+
+        prepare_bigquery(args.output_dataset, args.bigquery_write_method)
     return run_bounded(BoundedRun(
         input_file=args.input, output_dir=args.output_dir, output_format=args.format,
+        output_dataset=args.output_dataset, bigquery_write_method=args.bigquery_write_method,
         mode=args.mode, timeframes=args.timeframes, feature_timeframes=args.feature_timeframes,
         gap_candles=not args.no_gap_candles, idle_timeout_seconds=args.idle_timeout_seconds,
         start_time=args.start_time, end_time=args.end_time, workers=args.workers, progress=not args.quiet, console_timeframes=console))
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     summary = replay(args)
     if not args.quiet:
         print(f"✅ replayed {summary['unique_ticks']:,} ticks in {summary['seconds']}s "

@@ -6,6 +6,7 @@ Template (``templates/main.py``, streaming or bounded) and the tests.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -19,8 +20,8 @@ from apache_beam.pvalue import PCollection
 from ingest.message import parse_time_us
 from pipelines.options import MarketDataOptions
 from pipelines.read_files import ReadTickFiles
-from transforms.bigquery import (WriteRowsToBigQuery, ensure_tables, ensure_views, make_client,
-                                 split_dataset_ref)
+from transforms.bigquery import (STORAGE_WRITE_API, WriteRowsToBigQuery, ensure_tables,
+                                 ensure_views, make_client, split_dataset_ref)
 from transforms.bounded import CountPerDaySymbolFn, KeepRangeFn
 from transforms.bounded_candles import BoundedCandles
 from transforms.candles import CandlesFromTicks, parse_timeframes
@@ -29,7 +30,9 @@ from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.global_flatten import GlobalFlatten
 from transforms.schemas import CANDLES_TABLE, DEAD_LETTER_TABLE, TICKS_TABLE
 from transforms.sequencer import SequenceCandles, SequenceCandlesFn
-from transforms.sinks import FinalizeRowsFn, PrintCandlesFn, WriteJsonLines, WriteRowFiles
+from transforms.sinks import (FinalizeRowsFn, PrintCandlesFn, WriteJsonLines, WriteRowFiles)
+from transforms.storage_write import storage_emulator_host
+from transforms.storage_write_sink import PendingStreams
 from transforms.tick_guard import GuardTicks
 from transforms.ticks import MarketKey, ParseTicks, TickBatch, tick_rows
 
@@ -165,6 +168,9 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
     outputs = messages | "MarketData" >> MarketData(opts, bounded)
     tables = {TICKS_TABLE: outputs.ticks, CANDLES_TABLE: outputs.candles,
               DEAD_LETTER_TABLE: outputs.dead_letter}
+    # A bounded run's Storage Write API rows stay in PENDING streams until one commit at its end.
+    pending = (PendingStreams() if bounded and opts.output_dataset
+               and opts.bigquery_write_method == STORAGE_WRITE_API else None)
     for table, rows in tables.items():
         if rows is None:
             continue
@@ -178,9 +184,11 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
                 single_rows | f"Write{table}Jsonl" >> WriteJsonLines(opts.output_dir, table)
         if opts.output_dataset:
             # historical rows (bounded) carry no latency: they stay out of the latency views
-            rows | f"Write{table}BigQuery" >> WriteRowsToBigQuery(table, opts.output_dataset,
-                                                                   batched=batched,
-                                                                   with_latency=not bounded)
+            rows | f"Write{table}BigQuery" >> WriteRowsToBigQuery(
+                table, opts.output_dataset, batched=batched, with_latency=not bounded,
+                method=opts.bigquery_write_method, pending=pending)
+    if pending is not None:
+        pending.commit()
     if outputs.candles is not None and opts.output_topic:
         (outputs.candles
          | "CandleMessages" >> beam.ParDo(FinalizeRowsFn(CANDLES_TABLE, with_latency=not bounded))
@@ -192,12 +200,15 @@ def build_pipeline(pipeline: beam.Pipeline, options: PipelineOptions,
     return outputs
 
 
-def prepare_bigquery(dataset_ref: str) -> None:
+def prepare_bigquery(dataset_ref: str, write_method: str = STORAGE_WRITE_API) -> None:
     """Creates the dataset, tables and views if missing, before any row is written (SPEC §6).
 
     With ``BIGQUERY_EMULATOR_HOST`` set (local runs only), this client and the pipeline's writers
-    (``transforms.bigquery.InsertRowsFn``) use that local BigQuery API server, anonymously.
+    use that local BigQuery API server, anonymously; the Storage Write API writer also needs
+    ``BIGQUERY_STORAGE_EMULATOR_HOST`` (its gRPC host:port), checked here before the job starts.
     """
+    if write_method == STORAGE_WRITE_API:
+        storage_emulator_host()
     project, _ = split_dataset_ref(dataset_ref)
     client = make_client(project, os.environ.get("BIGQUERY_EMULATOR_HOST"))
     ensure_tables(client, dataset_ref)
@@ -210,16 +221,25 @@ def run(argv: Optional[list[str]] = None) -> beam.runners.runner.PipelineResult:
     opts = options.view_as(MarketDataOptions)
     options.view_as(StandardOptions).streaming = not opts.input_file
     if opts.output_dataset:
-        prepare_bigquery(opts.output_dataset)
+        prepare_bigquery(opts.output_dataset, opts.bigquery_write_method)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, options,
                    console_timeframes={"1m"} if opts.console else None)
     return pipeline.run()
 
 
-def main(argv: list[str]) -> int:
+PASSES_BEAM_OPTIONS = True  # every argument of ``mds run`` is a pipeline option (docs/options.md)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """None of its own: ``mds run`` takes the pipeline options, as the Flex Template does."""
+    parser.epilog = "Pipeline options (--name=value, as the Flex Template's parameters): docs/options.md"
+
+
+def run_command(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``mds run``: on the DirectRunner reading Pub/Sub, inside the local runner context
     (``pipelines.local_mode.local_runner``: durable, hostile-proof reads)."""
+    argv = args.beam_args
     logging.getLogger().setLevel(logging.INFO)
     options = PipelineOptions(argv)
     opts = options.view_as(MarketDataOptions)

@@ -1,13 +1,18 @@
-"""Shared fixtures: one replay of the bundled real day serves every test that reads its output."""
+"""Shared fixtures: one replay of the bundled real day serves every test that reads its output;
+a local BigQuery server per test module that asks for one."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
+from pipelines.emulators import BigQueryEmulator
 from pipelines.replay import parse_args, replay
+from tests.bigquery_helpers import PROJECT
+from transforms import bigquery as bq
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +28,34 @@ def sample_replay(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     return {"summary": summary, "candles": rows("candles"), "ticks": rows("ticks"),
             "dead_letter": rows("dead_letter"), "dir": Path(out)}
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[BigQueryEmulator]:
+    """bqemulator on free loopback ports (REST and gRPC), for the tests of one module."""
+    with BigQueryEmulator(project=PROJECT) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(emulator: BigQueryEmulator) -> Iterator[Any]:
+    bq_client = bq.make_client(PROJECT, emulator.endpoint)
+    yield bq_client
+    bq_client.close()
+
+
+@pytest.fixture(scope="module")
+def beam_to_emulator(emulator: BigQueryEmulator) -> Iterator[None]:
+    """The pipeline's writers find the local server through the environment, as in ``mds run``."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in emulator.client_env().items():
+            patch.setenv(name, value)
+        yield
+
+
+@pytest.fixture
+def dataset(client: Any) -> str:
+    """A fresh dataset with the three tables, as PROJECT:DATASET."""
+    ref = f"{PROJECT}:ds_{uuid.uuid4().hex[:10]}"
+    bq.ensure_tables(client, ref)
+    return ref

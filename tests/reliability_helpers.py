@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from pipelines.local_stack import BigQueryEmulator, PubSubEmulator, _terminate_group
+from pipelines.emulators import BigQueryEmulator, PubSubEmulator, terminate_group
 
 
 class PersistentBigQueryEmulator(BigQueryEmulator):
@@ -23,11 +23,20 @@ class PersistentBigQueryEmulator(BigQueryEmulator):
     def go_down(self) -> None:
         """Stop the server but keep its data dir (``stop`` would delete it)."""
         if self.process is not None:
-            _terminate_group(self.process)
+            terminate_group(self.process)
             self.process = None
 
     def come_back(self) -> None:
+        """Start again on the same ports. bqemulator 1.4 restarted on its files leaves a DuckDB
+        result unread, and every Storage Write API append fails (UNKNOWN, ResourceInUseException)
+        until some query reads one; the first query here makes it the healthy server a real
+        outage ends with."""
         self.start()
+        from transforms.bigquery import make_client
+
+        client = make_client(self.project, self.endpoint)
+        client.query("SELECT 1").result()
+        client.close()
 
 
 class RestartablePubSubEmulator(PubSubEmulator):

@@ -24,7 +24,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from pipelines.backfill import backfill, main, parse_args
+from pipelines.backfill import backfill, parse_args
+from pipelines.cli import main
 from pipelines.replay import SAMPLE
 
 DATA = Path(__file__).parent / "data"
@@ -231,7 +232,7 @@ def test_datasets_downloaded_once_cached_and_backfilled(datasets_server, tmp_pat
 
     # Again: everything comes from the cache, nothing is fetched twice.
     DatasetsHandler.requests.clear()
-    assert main(common + ["--download-only", "--quiet"]) == 0
+    assert main(["backfill", *common, "--download-only", "--quiet"]) == 0
     assert DatasetsHandler.requests == []
     assert len(capsys.readouterr().out.split()) == 6
 

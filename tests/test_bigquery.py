@@ -1,6 +1,7 @@
 """BigQuery output against the real local stand-in (bqemulator on free loopback ports).
 
-One emulator per module; every test uses its own dataset so tests do not see each other's rows.
+One emulator per module (fixtures in conftest.py); every test uses its own dataset so tests do
+not see each other's rows.
 """
 from __future__ import annotations
 
@@ -8,86 +9,24 @@ import itertools
 import json
 import math
 import uuid
-from typing import Any, Iterator
+from typing import Any
 
 import apache_beam as beam
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing import test_stream
 from apache_beam.testing.util import assert_that, equal_to
 
 from ingest.message import iso_from_us, parse_time_us
-from pipelines.local_stack import BigQueryEmulator
+from tests.bigquery_helpers import (MINUTE_US, PROJECT, T0_US, assert_ticks_stored_with_latency,
+                                    candle, counter, dead_letters_by_id, query, table_path, tick)
 from transforms import bigquery as bq
 from transforms import schemas
 from transforms.sinks import FinalizeRowsFn, finalize_row
 
-PROJECT = "test-project"
-T0_US = 1_502_942_400_000_000  # 2017-08-17T04:00:00Z
-MINUTE_US = 60_000_000
+INSERT_ALL = bq.STREAMING_INSERTS  # the tests of InsertRowsFn; the default writer: test_storage_write.py
 # The REST API may spell legacy type names; the schema module uses Standard SQL names.
 LEGACY_TYPES = {"FLOAT": "FLOAT64", "INTEGER": "INT64", "BOOLEAN": "BOOL"}
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[BigQueryEmulator]:
-    with BigQueryEmulator(project=PROJECT) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def client(emulator: BigQueryEmulator) -> Iterator[Any]:
-    bq_client = bq.make_client(PROJECT, emulator.endpoint)
-    yield bq_client
-    bq_client.close()
-
-
-@pytest.fixture(scope="module")
-def beam_to_emulator(emulator: BigQueryEmulator) -> Iterator[None]:
-    """The pipeline's writers find the local server through the environment, as in ``mds run``."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("BIGQUERY_EMULATOR_HOST", emulator.endpoint)
-        yield
-
-
-@pytest.fixture
-def dataset(client: Any) -> str:
-    """A fresh dataset with the three tables, as PROJECT:DATASET."""
-    ref = f"{PROJECT}:ds_{uuid.uuid4().hex[:10]}"
-    bq.ensure_tables(client, ref)
-    return ref
-
-
-def tick(trade_id: int, ts_us: int, price: float = 4261.48, amount: float = 0.5,
-         **overrides: Any) -> dict[str, Any]:
-    row = {"exchange": "binance", "symbol": "BTC-USDT", "native_symbol": "BTCUSDT",
-           "id": str(trade_id), "price": price, "amount": amount, "side": "buy",
-           "timestamp": iso_from_us(ts_us), "local_timestamp": iso_from_us(ts_us + 1_000)}
-    row.update(overrides)
-    return row
-
-
-def candle(start_us: int, timeframe_us: int = MINUTE_US, timeframe: str = "1m", revision: int = 0,
-           volume: float = 1.0, symbol: str = "BTC-USDT", close: float = 4262.0,
-           **overrides: Any) -> dict[str, Any]:
-    row = {"exchange": "binance", "symbol": symbol, "native_symbol": symbol.replace("-", ""),
-           "timeframe": timeframe, "timestamp_in": iso_from_us(start_us),
-           "window_end": iso_from_us(start_us + timeframe_us), "open": 4261.0, "high": 4263.0,
-           "low": 4260.0, "close": close, "volume": volume, "quote_volume": volume * 4262.0,
-           "trades": 3, "vwap": 4262.0, "buy_volume": volume / 2, "sell_volume": volume / 2,
-           "buy_trades": 2, "sell_trades": 1, "is_gap": False, "is_partial": False,
-           "is_final": True, "revision": revision}
-    row.update(overrides)
-    return row
-
-
-def query(client: Any, sql: str) -> list[dict[str, Any]]:
-    return [dict(row.items()) for row in client.query(sql).result()]
-
-
-def table_path(dataset: str, table: str) -> str:
-    return dataset.replace(":", ".") + "." + table
 
 
 def insert(client: Any, dataset: str, table: str, rows: list[dict[str, Any]]) -> None:
@@ -193,6 +132,54 @@ def test_views_are_idempotent_and_return_the_right_numbers(client: Any, dataset:
         billed = sum(max(size, 1024) for size in sizes)
         assert cost[table]["billed_bytes"] == billed
         assert cost[table]["streaming_insert_usd"] == pytest.approx(billed / (200 * 2**20) * 0.01)
+        assert cost[table]["storage_write_api_usd"] == pytest.approx(sum(sizes) / 2**30 * 0.025)
+
+
+def test_unique_views_give_each_tick_and_candle_revision_once(client: Any, dataset: str) -> None:
+    """Copies written by a retried append or bundle: same key, later timestamp_out. The views
+    keep the first copy; rows_cost_by_day still counts every copy. A restarted job's rows (its
+    own job_start, revisions from 0 again) are other rows, and the newest job's candle wins."""
+    out_us = T0_US + 10 * MINUTE_US
+    ticks = [dict(tick(i, T0_US + i), timestamp_out=iso_from_us(out_us + i), latency_ms=1.0)
+             for i in range(5)]
+    copies = [dict(ticks[1], timestamp_out=iso_from_us(out_us + 9_000), latency_ms=9.0),
+              dict(ticks[1], timestamp_out=iso_from_us(out_us + 8_000), latency_ms=8.0),
+              dict(ticks[3], timestamp_out=iso_from_us(out_us + 7_000), latency_ms=7.0)]
+    other_exchange = dict(ticks[0], exchange="coinbase")  # same id elsewhere: another trade
+    insert(client, dataset, schemas.TICKS_TABLE, copies + ticks + [other_exchange])
+    job, restarted_job = iso_from_us(out_us - MINUTE_US), iso_from_us(out_us + MINUTE_US)
+    revisions = [dict(candle(T0_US, revision=r, volume=float(r + 1)), job_start=job,
+                      timestamp_out=iso_from_us(out_us + r), latency_ms=100.0) for r in range(3)]
+    candle_copies = [dict(revisions[2], timestamp_out=iso_from_us(out_us + 50), latency_ms=900.0),
+                     dict(revisions[0], timestamp_out=iso_from_us(out_us + 60), latency_ms=900.0)]
+    replayed = dict(revisions[0], job_start=restarted_job, volume=4.0,
+                    timestamp_out=iso_from_us(out_us + 2 * MINUTE_US))
+    insert(client, dataset, schemas.CANDLES_TABLE, candle_copies + revisions + [replayed])
+    bq.ensure_views(client, dataset)
+    ds = "`" + dataset.replace(":", ".")
+
+    unique_ticks = query(client, f"SELECT exchange, id, latency_ms FROM {ds}.ticks_unique` "
+                                 f"ORDER BY exchange, id")
+    assert [(r["exchange"], r["id"], r["latency_ms"]) for r in unique_ticks] == [
+        ("binance", str(i), 1.0) for i in range(5)] + [("coinbase", "0", 1.0)]
+    assert "copy_rank" not in unique_ticks[0]
+    assert set(query(client, f"SELECT * FROM {ds}.ticks_unique` LIMIT 1")[0]) == set(
+        schemas.TICK_COLUMNS)
+
+    unique_candles = query(client, f"SELECT revision, volume, latency_ms FROM {ds}.candles_unique` "
+                                   f"ORDER BY job_start, revision")
+    assert [(r["revision"], r["volume"], r["latency_ms"]) for r in unique_candles] == [
+        (0, 1.0, 100.0), (1, 2.0, 100.0), (2, 3.0, 100.0), (0, 4.0, 100.0)]
+    latest = query(client, f"SELECT revision, volume, job_start FROM {ds}.candles_latest`")
+    assert [(r["revision"], r["volume"]) for r in latest] == [(0, 4.0)]  # the restarted job's
+    assert set(query(client, f"SELECT * FROM {ds}.candles_latest`")[0]) == set(schemas.CANDLE_COLUMNS)
+
+    latency = query(client, f"SELECT source, SUM(row_count) AS n, MAX(max_ms) AS max_ms "
+                            f"FROM {ds}.latency_by_minute` GROUP BY source")
+    assert {r["source"]: (r["n"], r["max_ms"]) for r in latency} == {"ticks": (6, 1.0),
+                                                                     "candles": (4, 100.0)}
+    cost = {r["table_name"]: r["row_count"] for r in query(client, f"SELECT * FROM {ds}.rows_cost_by_day`")}
+    assert cost == {"ticks": 9, "candles": 6}
 
 
 def expected_row_bytes(table: str, row: dict[str, Any]) -> int:
@@ -248,18 +235,8 @@ def test_write_transform_rejects_unknown_table() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Beam write path (DirectRunner)
+# insertAll writer (DirectRunner)
 # ---------------------------------------------------------------------------------------------
-
-def dead_letters_by_id(client: Any, dataset: str) -> dict[str, dict[str, Any]]:
-    rows = query(client, f"SELECT * FROM `{table_path(dataset, schemas.DEAD_LETTER_TABLE)}`")
-    return {json.loads(r["payload"])["id"]: r for r in rows}
-
-
-def counter(result: Any, name: str) -> int:
-    found = result.metrics().query(MetricsFilter().with_name(name))["counters"]
-    return sum(c.committed or 0 for c in found)
-
 
 def test_batch_pipeline_writes_rows_and_dead_letters_failures(client: Any, dataset: str,
                                                               beam_to_emulator: None) -> None:
@@ -271,20 +248,14 @@ def test_batch_pipeline_writes_rows_and_dead_letters_failures(client: Any, datas
     dead = (pipeline
             | "Ticks" >> beam.Create(good + [type_error, missing, not_finite])
             | "Finish" >> beam.ParDo(FinalizeRowsFn(schemas.TICKS_TABLE))
-            | "Write" >> bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset))
+            | "Write" >> bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, method=INSERT_ALL))
     assert_that(dead | beam.Map(lambda r: (r["stage"], json.loads(r["payload"])["id"])),
                 equal_to([("bigquery_insert", "100"), ("bigquery_insert", "101"),
                           ("bigquery_insert", "102")]))
     result = pipeline.run()
     result.wait_until_finish()
 
-    written = query(client, f"SELECT id, timestamp, timestamp_out, latency_ms "
-                            f"FROM `{table_path(dataset, schemas.TICKS_TABLE)}`")
-    assert sorted(int(r["id"]) for r in written) == list(range(20))
-    for row in written:
-        latency_us = (row["timestamp_out"] - row["timestamp"]).total_seconds() * 1e6
-        assert row["latency_ms"] == pytest.approx(latency_us / 1_000, abs=0.001)
-        assert row["latency_ms"] > 0
+    assert_ticks_stored_with_latency(client, dataset, list(range(20)))
 
     dead_rows = dead_letters_by_id(client, dataset)
     assert set(dead_rows) == {"100", "101", "102"}
@@ -299,14 +270,15 @@ def test_batch_pipeline_writes_rows_and_dead_letters_failures(client: Any, datas
     assert counter(result, "ticks_rows_rejected") == 2
 
 
+@pytest.mark.parametrize("method", bq.WRITE_METHODS)
 def test_unwritable_dead_letters_are_counted_not_lost_silently(client: Any, dataset: str,
-                                                               beam_to_emulator: None,
+                                                               beam_to_emulator: None, method: str,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     good = bq.dead_letter_row("parse", "bad JSON", "{oops")
     no_reason = dict(bq.dead_letter_row("parse", "x", "{oops2"), reason=None)
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
     _ = (pipeline | beam.Create([good, no_reason])
-         | bq.WriteRowsToBigQuery(schemas.DEAD_LETTER_TABLE, dataset))
+         | bq.WriteRowsToBigQuery(schemas.DEAD_LETTER_TABLE, dataset, method=method))
     result = pipeline.run()
     result.wait_until_finish()
     stored = query(client, f"SELECT payload FROM `{table_path(dataset, schemas.DEAD_LETTER_TABLE)}`")
@@ -322,7 +294,7 @@ def test_missing_tables_dead_letter_then_log_instead_of_crashing(client: Any, be
     client.create_dataset(empty.replace(":", "."))
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
     dead = (pipeline | beam.Create([tick(i, T0_US) for i in range(3)])
-            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, empty))
+            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, empty, method=INSERT_ALL))
     assert_that(dead | beam.Map(lambda r: ("Not found" in r["reason"], r["stage"])),
                 equal_to([(True, "bigquery_insert")] * 3))
     result = pipeline.run()
@@ -350,7 +322,7 @@ def test_streaming_pipeline_writes_candles_with_latency(client: Any, dataset: st
     pipeline = beam.Pipeline(options=options)
     _ = (pipeline | stream
          | beam.ParDo(FinalizeRowsFn(schemas.CANDLES_TABLE))
-         | bq.WriteRowsToBigQuery(schemas.CANDLES_TABLE, dataset))
+         | bq.WriteRowsToBigQuery(schemas.CANDLES_TABLE, dataset, method=INSERT_ALL))
     pipeline.run().wait_until_finish()
 
     written = query(client, f"SELECT timestamp_in, window_end, timestamp_out, latency_ms "
@@ -374,7 +346,7 @@ def test_row_batches_are_cut_into_requests_and_oversize_rows_dead_lettered(
     huge = tick(9_999, T0_US, native_symbol="X" * (bq.MAX_REQUEST_BYTES + 1))
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
     dead = (pipeline | beam.Create([rows + [huge]])
-            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, batched=True))
+            | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset, batched=True, method=INSERT_ALL))
     assert_that(dead | beam.Map(lambda r: (r["stage"], "exceeds" in r["reason"])),
                 equal_to([("bigquery_insert", True)]))
     result = pipeline.run()
@@ -386,18 +358,21 @@ def test_row_batches_are_cut_into_requests_and_oversize_rows_dead_lettered(
     assert counter(result, "ticks_rows_rejected") == 1
 
 
-def test_batch_write_throughput(client: Any, dataset: str, beam_to_emulator: None) -> None:
+@pytest.mark.parametrize("method", bq.WRITE_METHODS)
+def test_batch_write_throughput(client: Any, dataset: str, beam_to_emulator: None,
+                                method: str) -> None:
     """2,000 ticks through the sink in one run: all land, none twice (timing printed with -s)."""
     import time
 
     ids = itertools.count()
     rows = [tick(next(ids), T0_US + i * 1_000) for i in range(2_000)]
     pipeline = beam.Pipeline(options=PipelineOptions(project=PROJECT))
-    _ = pipeline | beam.Create(rows) | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset)
+    _ = pipeline | beam.Create(rows) | bq.WriteRowsToBigQuery(schemas.TICKS_TABLE, dataset,
+                                                              method=method)
     started = time.monotonic()
     pipeline.run().wait_until_finish()
     elapsed = time.monotonic() - started
     count = query(client, f"SELECT COUNT(*) AS n, COUNT(DISTINCT id) AS ids "
                           f"FROM `{table_path(dataset, schemas.TICKS_TABLE)}`")
     assert (count[0]["n"], count[0]["ids"]) == (2_000, 2_000)
-    print(f"\n2,000 ticks via WriteRowsToBigQuery (DirectRunner batch): {elapsed:.2f}s")
+    print(f"\n2,000 ticks via WriteRowsToBigQuery({method}, DirectRunner batch): {elapsed:.2f}s")

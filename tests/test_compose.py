@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from ingest.cli import build_parser
-from pipelines.local_stack import BigQueryEmulator
+from pipelines.emulators import BigQueryEmulator
+from pipelines.local_names import LOCAL_PROJECT
 from transforms import bigquery as bq
 from transforms import schemas
 
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 SERVICES = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
 INGEST_SERVICES = ("ingest", "ingest-nodejs")
 PIPELINES = {"pipeline-candles": schemas.CANDLES_TABLE, "pipeline-ticks": schemas.TICKS_TABLE}
-PROJECT = "local-project"
+PROJECT = LOCAL_PROJECT
 
 # Compose interpolation (https://docs.docker.com/reference/compose-file/interpolation/): $$ is a
 # literal $, ${VAR}, $VAR, ${VAR:-default} (unset or empty), ${VAR-default} (unset).
@@ -147,7 +148,7 @@ def run_healthcheck(service: str, emulator: BigQueryEmulator) -> subprocess.Comp
     spec = interpolate(SERVICES[service], {})
     test = spec["healthcheck"]["test"]
     assert test[0] == "CMD"
-    env = {**{k: str(v) for k, v in spec["environment"].items()}, "BIGQUERY_EMULATOR_HOST": emulator.endpoint,
+    env = {**{k: str(v) for k, v in spec["environment"].items()}, **emulator.client_env(),
            "PUBSUB_EMULATOR_HOST": "127.0.0.1:9", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.run(test[1:], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
 

@@ -21,6 +21,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from transforms.bigquery import VIEW_NAMES
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "deploy" / "deploy-streaming-service.sh"
 PROJECT = "quant-research-prod"
@@ -92,7 +94,7 @@ def test_full_deploy_plan_for_each_mode(sandbox_path: tuple[str, Path], mode: st
     for schema_file in (c[-1] for c in tables.values()):
         assert Path(schema_file).exists(), "the printed bq mk must point at a real schema file"
     views = [c[-1] for c in find(commands, "bq", "--project_id", PROJECT, "--location", "us-central1", "query")]
-    assert len(views) == 5 and all(v.startswith("CREATE OR REPLACE VIEW") for v in views)
+    assert len(views) == len(VIEW_NAMES) and all(v.startswith("CREATE OR REPLACE VIEW") for v in views)
 
     image = f"us-central1-docker.pkg.dev/{PROJECT}/mds/mds-pipeline:v1"
     build = find(commands, "gcloud", "builds", "submit")
@@ -503,9 +505,8 @@ def test_compose_builds_reference_existing_files() -> None:
 def test_compose_commands_are_real_commands() -> None:
     """The pipelines take MarketDataOptions flags (and the local run's own); `mds` sub-commands
     exist; status flags parse."""
-    from pipelines.cli import COMMANDS
+    from pipelines.cli import COMMANDS, build_parser
     from pipelines.local_mode import LocalRunOptions
-    from pipelines.operate import build_parser
     from pipelines.options import MarketDataOptions
 
     for name in ("pipeline-candles", "pipeline-ticks"):

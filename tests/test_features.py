@@ -15,8 +15,9 @@ import talib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transforms import features as F
-from transforms.features import FEATURE_NAMES, compute_features, initial_state, step
+from transforms import indicators as F
+from transforms.feature_state import initial_state, step
+from transforms.features import CANDLE_FIELDS, FEATURE_NAMES, compute_features
 
 REFERENCE_CSV = Path(__file__).parent / "data" / "talib_BTCUSDT_2017-08-17_1m.csv"
 TA_RTOL = 1e-9  # SPEC §5: agreement with TA-Lib
@@ -390,7 +391,7 @@ def candle_series(draw: st.DrawFn) -> dict[str, np.ndarray]:
                           st.integers(min_value=34, max_value=80)))
     level = draw(st.sampled_from([1e-5, 1.0, 100.0, 65000.0]))
     moves = st.floats(min_value=-0.05, max_value=0.05, allow_nan=False)
-    fields: dict[str, list[float]] = {field: [] for field in F.CANDLE_FIELDS}
+    fields: dict[str, list[float]] = {field: [] for field in CANDLE_FIELDS}
     previous = level
     for i in range(size):
         if i > 0 and draw(st.booleans()) and draw(st.booleans()):  # ~25% gap candles
@@ -408,7 +409,7 @@ def candle_series(draw: st.DrawFn) -> dict[str, np.ndarray]:
                        quote_volume=vwap * volume, trades=trades,
                        vwap=vwap if volume > 0 else math.nan,
                        buy_volume=volume * draw(st.floats(min_value=0.0, max_value=1.0)))
-        for field in F.CANDLE_FIELDS:
+        for field in CANDLE_FIELDS:
             fields[field].append(bar[field])
         previous = bar["close"]
     return {field: np.array(values) for field, values in fields.items()}
@@ -442,7 +443,7 @@ def test_step_does_not_mutate_and_replays_from_a_kept_state(
         replayed, row = step(replayed, candle, MINUTE)
         replay_rows.append(row)
     fresh = run_steps({k: np.array([c[k] for c in candles[:100] + [corrected] + candles[101:]])
-                       for k in F.CANDLE_FIELDS}, MINUTE)
+                       for k in CANDLE_FIELDS}, MINUTE)
     for offset, row in enumerate(replay_rows):
         for name in FEATURE_NAMES:
             expected = fresh[name][100 + offset]

@@ -26,7 +26,7 @@ import pytest
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from pipelines.local_stack import BigQueryEmulator
+from pipelines.emulators import BigQueryEmulator
 from transforms import bigquery as bq
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,7 +138,7 @@ def test_main_py_launches_like_the_flex_template_launcher(config: str, emulator:
     capture.mkdir()
     (observer / "sitecustomize.py").write_text(OBSERVER)
     env = {**os.environ, **flex_env, "PYTHONPATH": str(observer), "MDS_LAUNCH_CAPTURE": str(capture),
-           "BIGQUERY_EMULATOR_HOST": emulator.endpoint,
+           **emulator.client_env(),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("PUBSUB_EMULATOR_HOST", None)
     result = subprocess.run(["python", env["FLEX_TEMPLATE_PYTHON_PY_FILE"], *argv], env=env, cwd=workdir,

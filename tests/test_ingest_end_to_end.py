@@ -15,9 +15,11 @@ from ingest.cli import main
 from ingest.message import BATCH_KEY, DISCONNECTS_KEY, encode_message, parse_time_us
 from ingest.publisher import TickPublisher
 from ingest.sources import Disconnect
-from pipelines.local_stack import PUBSUB_EMULATOR_BIN, PubSubEmulator, ensure_topic_and_subscription, pubsub_env
+from pipelines.emulators import (PUBSUB_EMULATOR_BIN, PubSubEmulator, ensure_topic_and_subscription,
+                                 pubsub_env)
+from pipelines.local_names import LOCAL_PROJECT
 
-PROJECT = "local-project"
+PROJECT = LOCAL_PROJECT
 TRADES_FILE = Path(__file__).parent / "fixtures" / "exchanges" / "files" / "BTCUSDT-trades-2017-08-17.csv"
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PUBSUB_EMULATOR_BIN), reason="Pub/Sub emulator not installed")

@@ -15,7 +15,7 @@ from ingest.gaps import Missing
 from ingest.sources import Backoff, LiveUnavailable, live_trades, live_with_fallback
 from ingest.streams import Disconnect, SourceItem, SourceStats, TickDeduplicator
 from ingest.venues import load
-from pipelines.local_stack import free_port
+from pipelines.emulators import free_port
 
 FAST = Backoff(initial=0.05, maximum=0.2)
 TIMEOUT = 20

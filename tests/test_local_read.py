@@ -19,14 +19,15 @@ from typing import Any
 import pytest
 
 from ingest.message import encode_message
-from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
-                                   ensure_topic_and_subscription, pubsub_env)
+from pipelines.emulators import (BigQueryEmulator, PubSubEmulator, ensure_topic_and_subscription,
+                                 pubsub_env, terminate_group)
+from pipelines.local_names import DEFAULT_DATASET, LOCAL_PROJECT
 from tests.pipeline_helpers import SECOND_US, tick
 from tests.reliability_helpers import (CANDLE_COLUMNS, latest_traded_candles,
                                        replay_reference_candles, wait_until)
 from transforms.bigquery import make_client
 
-PROJECT, DATASET = "local-project", "market_data"
+PROJECT, DATASET = LOCAL_PROJECT, DEFAULT_DATASET
 TIMEFRAMES = "15s,1m"
 
 
@@ -91,7 +92,7 @@ def test_hostile_messages_between_valid_ticks_never_stop_the_job(tmp_path):
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, _ = ensure_topic_and_subscription(PROJECT, "ticks")
         subscription = _subscription(topic)
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, BIGQUERY_EMULATOR_HOST=bigquery.endpoint)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, **bigquery.client_env())
         pipeline = _start(_mds_run(subscription, tmp_path / "journal"), env, tmp_path / "pipeline.log")
         try:
             client = make_client(PROJECT, bigquery.endpoint)
@@ -119,7 +120,7 @@ def test_hostile_messages_between_valid_ticks_never_stop_the_job(tmp_path):
             stored, dead = _rows(client, "ticks"), _rows(client, "dead_letter")
             still_running = pipeline.poll() is None
         finally:
-            _terminate_group(pipeline)
+            terminate_group(pipeline)
     log = (tmp_path / "pipeline.log").read_text(errors="replace")[-3000:]
     sent = {t["id"] for t in valid + big}
     print(f"hostile chain: sent {len(sent):,} ticks + {len(hostile)} hostile messages; stored "
@@ -139,7 +140,7 @@ def test_kill_9_mid_stream_then_restart_loses_no_acknowledged_tick(tmp_path):
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, _ = ensure_topic_and_subscription(PROJECT, "ticks")
         subscription = _subscription(topic)
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, BIGQUERY_EMULATOR_HOST=bigquery.endpoint)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, **bigquery.client_env())
         args = _mds_run(subscription, tmp_path / "journal")
         log = tmp_path / "pipeline.log"
         first = _start(args, env, log)
@@ -176,7 +177,7 @@ def test_kill_9_mid_stream_then_restart_loses_no_acknowledged_tick(tmp_path):
         finally:
             for process in (first, second):
                 if process is not None:
-                    _terminate_group(process)
+                    terminate_group(process)
     output = log.read_text(errors="replace")[-4000:]
     ids = [int(t["id"]) for t in stored]
     print(f"kill -9: sent 7,000 ticks, {stored_at_kill:,} stored at the kill; after the restart "

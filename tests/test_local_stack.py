@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipelines import local_stack
-from pipelines.local_stack import BigQueryEmulator, free_port, http_ok, pubsub_env
+from pipelines.cli import main
+from pipelines.emulators import BigQueryEmulator, free_port, http_ok, pubsub_env
 from transforms import bigquery as bq
 from transforms import schemas
 
@@ -55,11 +56,11 @@ def test_stack_up_status_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
     state_dir = tmp_path / "stack"
     pubsub_port, bigquery_port, grpc_port = free_port(), free_port(), free_port()
-    args = ["--state_dir", str(state_dir), "--project", "stack-test",
-            "--pubsub_port", str(pubsub_port), "--bigquery_port", str(bigquery_port),
-            "--bigquery_grpc_port", str(grpc_port)]
+    args = ["--state-dir", str(state_dir), "--project", "stack-test",
+            "--pubsub-port", str(pubsub_port), "--bigquery-port", str(bigquery_port),
+            "--bigquery-grpc-port", str(grpc_port)]
     try:
-        assert local_stack.main(["up"] + args) == 0
+        assert main(["stack", "up"] + args) == 0
         state = json.loads((state_dir / "state.json").read_text())
         assert (state["pubsub"]["port"], state["bigquery"]["port"], state["bigquery"]["grpc_port"]) == (
             pubsub_port, bigquery_port, grpc_port)
@@ -80,22 +81,22 @@ def test_stack_up_status_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert tables == {**{name: "TABLE" for name in schemas.FIELDS},
                           **{name: "VIEW" for name in bq.VIEW_NAMES}}
 
-        assert local_stack.main(["status"] + args) == 0
+        assert main(["stack", "status"] + args) == 0
         status = capsys.readouterr().out
         assert f"pubsub    port {pubsub_port}" in status and status.count(" ok") == 2
 
-        assert local_stack.main(["up"] + args) == 0  # already running: same daemons, re-provisioned
+        assert main(["stack", "up"] + args) == 0  # already running: same daemons, re-provisioned
         again = json.loads((state_dir / "state.json").read_text())
         assert (again["pubsub"]["pid"], again["bigquery"]["pid"]) == (
             state["pubsub"]["pid"], state["bigquery"]["pid"])
     finally:
-        assert local_stack.main(["down"] + args) == 0
+        assert main(["stack", "down"] + args) == 0
     assert "stopped: pubsub, bigquery" in capsys.readouterr().out
     assert port_closed(pubsub_port) and port_closed(bigquery_port) and port_closed(grpc_port)
     for service in ("pubsub", "bigquery"):
         assert not local_stack._pid_alive(state[service]["pid"])
         assert not os.path.exists(state[service]["data_dir"])
-    assert local_stack.main(["status"] + args) == 1
+    assert main(["stack", "status"] + args) == 1
     assert "not running" in capsys.readouterr().out
 
 

@@ -15,12 +15,16 @@ from typing import Any, Iterator
 import pytest
 
 from ingest.message import iso_from_us
-from pipelines import operate
-from transforms.sinks import format_candle_lines
-from pipelines.local_stack import BigQueryEmulator, PubSubEmulator, free_port, pubsub_env
+from pipelines.candle_rows import (latest_revisions, parse_utc, read_candles_jsonl, select_series)
+from pipelines.cli import main
+from pipelines.emulators import BigQueryEmulator, PubSubEmulator, free_port, pubsub_env
+from pipelines.endpoints import Endpoints
+from pipelines.local_names import LOCAL_PROJECT
+from pipelines.status import check_dataflow
 from transforms.schemas import CANDLE_COLUMNS
+from transforms.sinks import format_candle_lines
 
-PROJECT = "local-project"
+PROJECT = LOCAL_PROJECT
 START = datetime(2017, 8, 17, 4, 0, tzinfo=timezone.utc)
 
 
@@ -67,26 +71,26 @@ def replay_dir(tmp_path: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 
 def test_latest_revision_wins_and_series_is_sorted(replay_dir: Path) -> None:
-    rows = operate.read_candles_jsonl(replay_dir)
-    series = operate.select_series(rows, "BTC-USDT", "1m")
+    rows = read_candles_jsonl(replay_dir)
+    series = select_series(rows, "BTC-USDT", "1m")
     assert len(series) == 30
-    assert [operate.parse_utc(r["timestamp_in"]) for r in series] == [
+    assert [parse_utc(r["timestamp_in"]) for r in series] == [
         START + timedelta(minutes=m) for m in range(30)]
     assert series[12]["revision"] == 1 and series[12]["close"] == 4350.0
-    assert operate.select_series(rows, "BTC-USDT", "5m")[0]["close"] == 4200.0
+    assert select_series(rows, "BTC-USDT", "5m")[0]["close"] == 4200.0
 
 
 def test_revision_order_does_not_depend_on_file_order() -> None:
     newer, older = candle(0, 2.0, revision=2), candle(0, 1.0, revision=1)
-    assert operate.latest_revisions([newer, older])[0]["close"] == 2.0
-    assert operate.latest_revisions([older, newer])[0]["close"] == 2.0
+    assert latest_revisions([newer, older])[0]["close"] == 2.0
+    assert latest_revisions([older, newer])[0]["close"] == 2.0
 
 
 def test_several_exchanges_need_a_choice() -> None:
     rows = [candle(0, 1.0), candle(0, 2.0, exchange="coinbase")]
     with pytest.raises(ValueError, match="--exchange"):
-        operate.select_series(rows, "BTC-USDT", "1m")
-    assert operate.select_series(rows, "BTC-USDT", "1m", exchange="coinbase")[0]["close"] == 2.0
+        select_series(rows, "BTC-USDT", "1m")
+    assert select_series(rows, "BTC-USDT", "1m", exchange="coinbase")[0]["close"] == 2.0
 
 
 def test_seed_style_lines() -> None:
@@ -107,7 +111,7 @@ def test_lines_mark_gaps_revisions_provisional_and_hide_missing_features() -> No
 def test_bad_json_line_is_reported_with_its_line_number(tmp_path: Path) -> None:
     (tmp_path / "candles.jsonl").write_text(json.dumps(candle(0, 1.0)) + "\n{oops\n")
     with pytest.raises(ValueError, match="candles.jsonl:2"):
-        operate.read_candles_jsonl(tmp_path)
+        read_candles_jsonl(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,8 +129,8 @@ def png_size(path: Path) -> tuple[int, int]:
 def test_chart_png(replay_dir: Path, tmp_path: Path) -> None:
     out = io.StringIO()
     target = tmp_path / "charts" / "btc.png"
-    code = operate.main(["chart", "--symbol", "BTC-USDT", "--timeframe", "1m", "--input-dir", str(replay_dir),
-                         "--features", "sma_5,ema_20", "--out", str(target)], out=out)
+    code = main(["chart", "--symbol", "BTC-USDT", "--timeframe", "1m", "--input-dir", str(replay_dir),
+                         "--features", "sma_5,ema_20", "--out", str(target)], console=out)
     assert code == 0 and "30 candles" in out.getvalue()
     width, height = png_size(target)
     assert (width, height) == (1200, 700)
@@ -135,8 +139,8 @@ def test_chart_png(replay_dir: Path, tmp_path: Path) -> None:
 
 def test_chart_html_is_self_contained(replay_dir: Path, tmp_path: Path) -> None:
     target = tmp_path / "btc.html"
-    code = operate.main(["chart", "--symbol", "BTC-USDT", "--timeframe", "1m", "--input-dir", str(replay_dir),
-                         "--features", "sma_5,ema_20", "--last", "25", "--out", str(target)], out=io.StringIO())
+    code = main(["chart", "--symbol", "BTC-USDT", "--timeframe", "1m", "--input-dir", str(replay_dir),
+                         "--features", "sma_5,ema_20", "--last", "25", "--out", str(target)], console=io.StringIO())
     assert code == 0
     page = target.read_text()
     assert page.startswith("<!DOCTYPE html>") and "<svg" in page and page.rstrip().endswith("</html>")
@@ -151,17 +155,17 @@ def test_chart_html_is_self_contained(replay_dir: Path, tmp_path: Path) -> None:
 def test_chart_rejects_unknown_features_and_formats(replay_dir: Path, tmp_path: Path) -> None:
     base = ["chart", "--symbol", "BTC-USDT", "--timeframe", "1m", "--input-dir", str(replay_dir)]
     with pytest.raises(SystemExit, match="unknown feature"):
-        operate.main(base + ["--features", "sma_7", "--out", str(tmp_path / "x.png")])
+        main(base + ["--features", "sma_7", "--out", str(tmp_path / "x.png")])
     with pytest.raises(SystemExit, match=".png or .html"):
-        operate.main(base + ["--out", str(tmp_path / "x.jpg")])
+        main(base + ["--out", str(tmp_path / "x.jpg")])
 
 
 def test_chart_without_matching_candles_fails_cleanly(replay_dir: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    code = operate.main(["chart", "--symbol", "ETH-USDT", "--timeframe", "1m", "--input-dir", str(replay_dir),
+    code = main(["chart", "--symbol", "ETH-USDT", "--timeframe", "1m", "--input-dir", str(replay_dir),
                          "--out", str(tmp_path / "x.png")])
     assert code == 2 and "no ETH-USDT 1m candles" in capsys.readouterr().err
-    code = operate.main(["chart", "--symbol", "BTC-USDT", "--timeframe", "1m", "--input-dir",
+    code = main(["chart", "--symbol", "BTC-USDT", "--timeframe", "1m", "--input-dir",
                          str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.png")])
     assert code == 2 and "candles.jsonl not found" in capsys.readouterr().err
 
@@ -172,7 +176,7 @@ def test_chart_without_matching_candles_fails_cleanly(replay_dir: Path, tmp_path
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[tuple[PubSubEmulator, BigQueryEmulator]]:
-    from pipelines.local_stack import ensure_topic_and_subscription
+    from pipelines.emulators import ensure_topic_and_subscription
     from transforms.bigquery import ensure_tables, make_client
 
     with PubSubEmulator() as pubsub, BigQueryEmulator(project=PROJECT) as bigquery:
@@ -190,49 +194,49 @@ def stack() -> Iterator[tuple[PubSubEmulator, BigQueryEmulator]]:
 def test_status_reports_rows_and_newest_candle(stack: tuple[PubSubEmulator, BigQueryEmulator]) -> None:
     pubsub, bigquery = stack
     out = io.StringIO()
-    code = operate.main(["status", "--pubsub-host", pubsub.host, "--bigquery-endpoint", bigquery.endpoint],
-                        out=out)
+    code = main(["status", "--pubsub-host", pubsub.host, "--bigquery-endpoint", bigquery.endpoint],
+                        console=out)
     report = out.getvalue()
     assert code == 0, report
     assert "OK  pubsub" in report and "candles" in report
     assert "OK  table candles" in report and "4 rows" in report
     assert "OK  table ticks" in report and "0 rows" in report
     assert "newest 1m candle" in report and "opened 2017-08-17T04:02:00+00:00" in report
-    assert operate.main(["status", "--quiet", "--pubsub-host", pubsub.host,
-                         "--bigquery-endpoint", bigquery.endpoint], out=out) == 0
+    assert main(["status", "--quiet", "--pubsub-host", pubsub.host,
+                         "--bigquery-endpoint", bigquery.endpoint], console=out) == 0
 
 
 def test_status_fails_when_nothing_listens() -> None:
     out = io.StringIO()
     started = time.monotonic()
-    code = operate.main(["status", "--pubsub-host", f"127.0.0.1:{free_port()}",
-                         "--bigquery-endpoint", f"http://127.0.0.1:{free_port()}"], out=out)
+    code = main(["status", "--pubsub-host", f"127.0.0.1:{free_port()}",
+                         "--bigquery-endpoint", f"http://127.0.0.1:{free_port()}"], console=out)
     assert code == 1
     assert "BAD pubsub" in out.getvalue() and "BAD bigquery" in out.getvalue()
     assert time.monotonic() - started < 30, "an unreachable stack must be reported quickly"
 
 
 def test_dataflow_check_reads_gcloud_json() -> None:
-    endpoints = operate.Endpoints("quant-research-prod", "market_data", None, None, True, "us-central1")
+    endpoints = Endpoints("quant-research-prod", "market_data", None, None, True, "us-central1")
     seen: list[list[str]] = []
 
     def gcloud(command: list[str]) -> str:
         seen.append(command)
         return json.dumps([{"id": "2026-11-25_01_00_00-123", "name": "mds-candles", "state": "Running"}])
 
-    check = operate.check_dataflow(endpoints, runner=gcloud)
+    check = check_dataflow(endpoints, runner=gcloud)
     assert check.ok and "mds-candles Running (2026-11-25_01_00_00-123)" in check.detail
     assert seen[0][:4] == ["gcloud", "dataflow", "jobs", "list"]
     assert "--project=quant-research-prod" in seen[0] and "--status=active" in seen[0]
-    assert not operate.check_dataflow(endpoints, runner=lambda _c: "[]").ok
+    assert not check_dataflow(endpoints, runner=lambda _c: "[]").ok
 
 
 def test_chart_from_bigquery(stack: tuple[PubSubEmulator, BigQueryEmulator], tmp_path: Path) -> None:
     _, bigquery = stack
     target = tmp_path / "bq.html"
-    code = operate.main(["chart", "--symbol", "BTC-USDT", "--timeframe", "1m", "--dataset",
+    code = main(["chart", "--symbol", "BTC-USDT", "--timeframe", "1m", "--dataset",
                          f"{PROJECT}:market_data", "--bigquery-endpoint", bigquery.endpoint,
-                         "--out", str(target)], out=io.StringIO())
+                         "--out", str(target)], console=io.StringIO())
     assert code == 0
     page = target.read_text()
     assert page.count('<g class="') == 3
@@ -245,8 +249,8 @@ def test_tail_prints_candles_and_cleans_up(stack: tuple[PubSubEmulator, BigQuery
     pubsub, _ = stack
     out = io.StringIO()
     result: dict[str, int] = {}
-    tail = threading.Thread(target=lambda: result.setdefault("code", operate.main(
-        ["tail", "--pubsub-host", pubsub.host, "--duration", "40", "--max-messages", "3"], out=out)))
+    tail = threading.Thread(target=lambda: result.setdefault("code", main(
+        ["tail", "--pubsub-host", pubsub.host, "--duration", "40", "--max-messages", "3"], console=out)))
     with pubsub_env(pubsub.host):
         subscriber = pubsub_v1.SubscriberClient()
         publisher = pubsub_v1.PublisherClient()
@@ -281,8 +285,8 @@ def test_tail_prints_candles_and_cleans_up(stack: tuple[PubSubEmulator, BigQuery
 def test_tail_on_a_missing_topic(stack: tuple[PubSubEmulator, BigQueryEmulator]) -> None:
     pubsub, _ = stack
     out = io.StringIO()
-    code = operate.main(["tail", "--pubsub-host", pubsub.host, "--topic", "no-such-topic", "--duration", "5"],
-                        out=out)
+    code = main(["tail", "--pubsub-host", pubsub.host, "--topic", "no-such-topic", "--duration", "5"],
+                        console=out)
     assert code == 1 and "does not exist" in out.getvalue()
 
 
@@ -294,15 +298,15 @@ def test_chart_of_a_real_replay(tmp_path: Path) -> None:
     out_dir = tmp_path / "replay"
     subprocess.run([sys.executable, "-m", "pipelines.cli", "replay", "--output-dir", str(out_dir), "--quiet"],
                    check=True, capture_output=True, timeout=240, cwd=Path(__file__).resolve().parent.parent)
-    series = operate.select_series(operate.read_candles_jsonl(out_dir), "BTC-USDT", "4h")
+    series = select_series(read_candles_jsonl(out_dir), "BTC-USDT", "4h")
     # Binance's own 4h candles for 2017-08-17 (tests/data/BTCUSDT-4h-official-2017-08-17.csv): the first one.
-    assert operate.parse_utc(series[0]["timestamp_in"]) == START
+    assert parse_utc(series[0]["timestamp_in"]) == START
     assert (series[0]["open"], series[0]["close"]) == (4261.48, 4349.99)
     png, page = tmp_path / "day.png", tmp_path / "day.html"
     for target in (png, page):
-        assert operate.main(["chart", "--symbol", "BTC-USDT", "--timeframe", "1m", "--input-dir", str(out_dir),
+        assert main(["chart", "--symbol", "BTC-USDT", "--timeframe", "1m", "--input-dir", str(out_dir),
                              "--features", "sma_20,ema_10,vwap", "--last", "0", "--out", str(target)],
-                            out=io.StringIO()) == 0
+                            console=io.StringIO()) == 0
     assert png_size(png) == (1200, 700)
-    assert page.read_text().count('<g class="') == len(operate.select_series(
-        operate.read_candles_jsonl(out_dir), "BTC-USDT", "1m"))
+    assert page.read_text().count('<g class="') == len(select_series(
+        read_candles_jsonl(out_dir), "BTC-USDT", "1m"))

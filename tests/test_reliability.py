@@ -33,13 +33,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.message import encode_message, event_time_ms, iso_from_us
-from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
-                                   ensure_topic_and_subscription, free_port, pubsub_env)
+from pipelines.emulators import (BigQueryEmulator, PubSubEmulator, ensure_topic_and_subscription,
+                                 free_port, pubsub_env, terminate_group)
+from pipelines.local_names import DEFAULT_DATASET, LOCAL_PROJECT
+from tests.pipeline_helpers import (SECOND_US, T0_US, by_timeframe, options, run_market_data, tick)
 from tests.reliability_helpers import (CANDLE_COLUMNS, PersistentBigQueryEmulator,
                                        RestartablePubSubEmulator, latest_traded_candles,
                                        replay_reference_candles, wait_until)
 from transforms.bigquery import make_client
-from tests.pipeline_helpers import SECOND_US, T0_US, by_timeframe, options, run_market_data, tick
 from transforms.dead_letter import DEAD_LETTER_TAG
 from transforms.ticks import ParseTicksFn, TickBatch, parse_records
 
@@ -419,7 +420,7 @@ def test_at_least_once_delivery_gives_identical_candles_bounded_and_streaming():
 # 3. Faults on the real streaming chain: emulators + `mds run` in its own process
 # ---------------------------------------------------------------------------------------------
 
-PROJECT, DATASET = "local-project", "market_data"
+PROJECT, DATASET = LOCAL_PROJECT, DEFAULT_DATASET
 
 
 def _mds(*args: str) -> list[str]:
@@ -451,8 +452,7 @@ def test_streaming_chain_absorbs_ingest_restart_and_bigquery_outage(tmp_path):
     ``ticks`` exactly once or in ``dead_letter``."""
     with PubSubEmulator() as pubsub, PersistentBigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host,
-                   BIGQUERY_EMULATOR_HOST=bigquery.endpoint)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, **bigquery.client_env())
         log = open(tmp_path / "pipeline.log", "wb")
         pipeline = subprocess.Popen(
             _mds("run", "--runner=BundleBasedDirectRunner", f"--input_subscription={subscription}",
@@ -495,7 +495,7 @@ def test_streaming_chain_absorbs_ingest_restart_and_bigquery_outage(tmp_path):
                        >= 600, 120, interval=2)
             stored, dead = _stored(client, "ticks"), _stored(client, "dead_letter")
         finally:
-            _terminate_group(pipeline)
+            terminate_group(pipeline)
             log.close()
     output = (tmp_path / "pipeline.log").read_text(errors="replace")[-3000:]
     assert published_before_kill, output
@@ -552,8 +552,7 @@ def test_streaming_chain_rides_out_a_pubsub_emulator_crash_and_restart(tmp_path)
     phase_ticks, spacing_us, gap_us = 100, 100_000, 25 * SECOND_US
     with RestartablePubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host,
-                   BIGQUERY_EMULATOR_HOST=bigquery.endpoint)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, **bigquery.client_env())
         pipeline_log, worker_log = tmp_path / "pipeline.log", tmp_path / "worker.log"
         with open(pipeline_log, "wb") as log:
             pipeline = subprocess.Popen(
@@ -627,7 +626,7 @@ def test_streaming_chain_rides_out_a_pubsub_emulator_crash_and_restart(tmp_path)
             if worker is not None and worker.poll() is None:
                 worker.kill()
                 worker.wait(timeout=10)
-            _terminate_group(pipeline)
+            terminate_group(pipeline)
     pipeline_output, worker_output = _log_text(pipeline_log)[-3000:], _log_text(worker_log)[-3000:]
     assert worker_code == 0, worker_output
     republished = int(re.search(r"re-published (\d+)", worker_output).group(1))

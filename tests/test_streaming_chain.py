@@ -16,14 +16,16 @@ import time
 import pytest
 
 from ingest.message import encode_message
-from pipelines.local_stack import (BigQueryEmulator, PubSubEmulator, _terminate_group,
-                                   ensure_topic_and_subscription, pubsub_env)
+from pipelines.emulators import (BigQueryEmulator, PubSubEmulator, ensure_topic_and_subscription,
+                                 pubsub_env, terminate_group)
+from pipelines.local_names import DEFAULT_DATASET, LOCAL_PROJECT
 from tests.pipeline_helpers import tick
-from tests.reliability_helpers import CANDLE_COLUMNS, latest_traded_candles, replay_reference_candles
+from tests.reliability_helpers import (CANDLE_COLUMNS, latest_traded_candles,
+                                       replay_reference_candles)
 from transforms.bigquery import make_client
 
 pytestmark = pytest.mark.timeout(420)
-PROJECT, DATASET = "local-project", "market_data"
+PROJECT, DATASET = LOCAL_PROJECT, DEFAULT_DATASET
 TIMEFRAMES = "15s,1m"
 
 
@@ -50,7 +52,7 @@ def _wait_until(condition, timeout: float) -> None:
 def test_pubsub_to_bigquery_exactly_once_with_dead_letters_and_replay_equal_candles(tmp_path):
     with PubSubEmulator() as pubsub, BigQueryEmulator() as bigquery, pubsub_env(pubsub.host):
         topic, subscription = ensure_topic_and_subscription(PROJECT, "ticks", "ticks-sub")
-        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, BIGQUERY_EMULATOR_HOST=bigquery.endpoint)
+        env = dict(os.environ, PUBSUB_EMULATOR_HOST=pubsub.host, **bigquery.client_env())
         pipeline = subprocess.Popen(
             [sys.executable, "-m", "pipelines.cli", "run", "--runner=BundleBasedDirectRunner",
              f"--input_subscription={subscription}", f"--output_dataset={PROJECT}:{DATASET}",
@@ -84,7 +86,7 @@ def test_pubsub_to_bigquery_exactly_once_with_dead_letters_and_replay_equal_cand
                         and latest_traded_candles(_rows(client, "candles")).keys() >= theirs.keys(), 90)
             stored_ticks, dead, candles = (_rows(client, t) for t in ("ticks", "dead_letter", "candles"))
         finally:
-            _terminate_group(pipeline)
+            terminate_group(pipeline)
             stderr = pipeline.stderr.read().decode(errors="replace")[-3000:]
             pipeline.stderr.close()
 

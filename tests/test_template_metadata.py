@@ -142,6 +142,8 @@ GOOD_AND_BAD = {
     "gap_candles": (["true", "false", "True", "0", "1"], ["maybe", "", "truee"]),
     "console": (["false", "TRUE"], ["on"]),
     "mode": (["candles", "ticks", "both"], ["Candles", "ohlcv", "", "ticks,candles"]),
+    "bigquery_write_method": (["STORAGE_WRITE_API", "STREAMING_INSERTS"],
+                              ["storage_write_api", "FILE_LOADS", "STORAGE_API_AT_LEAST_ONCE", ""]),
 }
 
 

@@ -131,7 +131,8 @@ def test_columnar_tardis_csv_path_equals_the_per_tick_path(tmp_path):
                       for b in batches)
 
     assert shape(fast) == shape(slow)
-    assert len(shape(fast)) == 3 and sorted(b.symbol for b in fast) == ["BTC-USDT", "BTC-USDT", "XBT-USD"]
+    # Symbols from the instrument table the workers read (ingest/contract): XBTUSD is a perpetual.
+    assert len(shape(fast)) == 3 and sorted(b.symbol for b in fast) == ["BTC-USD-PERP", "BTC-USDT", "BTC-USDT"]
     assert sorted(d["reason"] for d in fast_dead) == sorted(d["reason"] for d in slow_dead)
     assert len(fast_dead) == 5
 
@@ -170,8 +171,9 @@ def test_trade_id_keys_are_exact_for_numeric_ids_and_never_mix_kinds() -> None:
 
 
 def test_columnar_path_treats_null_cells_as_empty_ones():
-    """A RecordBatch built in code may hold nulls (the CSV reader never does): a null id, exchange
-    or symbol is a dead letter like an empty cell, a null side means unknown, nothing vanishes."""
+    """A RecordBatch built in code may hold nulls (the CSV reader never does): a null cell is an
+    empty one. A null exchange or symbol is a dead letter, a null side means unknown, a null id
+    gets the deterministic id of a trade without one (as the workers give it), nothing vanishes."""
     import pyarrow as pa
 
     from ingest.files import TARDIS_HEADER
@@ -184,8 +186,13 @@ def test_columnar_path_treats_null_cells_as_empty_ones():
     columns = pa.RecordBatch.from_pydict(
         {name: pa.array([row[i] for row in rows], pa.string()) for i, name in enumerate(TARDIS_HEADER)})
     batches, dead = parse_columns(columns, now_us=NOW_US)
-    assert [(b.ids, b.side.tolist()) for b in batches] == [(["1"], [0])]
-    assert len(dead) == 3 and all("missing field" in d["reason"] for d in dead)
+    from ingest.rows import CsvRows
+
+    made = CsvRows().tardis(["binance", "BTCUSDT", str(T0_US + 3), str(T0_US + 4), "", "buy", "100", "1"], "")["id"]
+    assert made.startswith("mds-")
+    assert sorted((b.ids, b.side.tolist()) for b in batches) == [(["1"], [0]), ([made], [1])]
+    reasons = sorted(d["reason"] for d in dead)
+    assert len(dead) == 2 and "missing field(s): exchange" in reasons[1] and "instruments.csv" in reasons[0]
 
 
 def test_columnar_trade_id_keys_equal_the_per_id_ones() -> None:

@@ -1,16 +1,18 @@
-"""BigQuery output (SPEC §4, §6): tables and views as code, and the streaming write path.
+"""BigQuery output (SPEC §4, §6): tables and views as code, and the writer interface.
 
-Write path: ``InsertRowsFn`` sends row batches to ``tabledata.insertAll`` (legacy streaming
-inserts) with ``google-cloud-bigquery``'s ``insert_rows_json``; tables are made up front by
-``ensure_tables``. Not Beam's ``WriteToBigQuery(method=STREAMING_INSERTS)``, which this project
-used first: its ``BigQueryWriteFn._check_row_size`` sizes every row with ``objsize.get_deep_size``,
+``WriteRowsToBigQuery`` writes with one of two methods. ``STORAGE_WRITE_API`` (the default) is
+``transforms.storage_write_sink.AppendRowsFn``, a native Python Storage Write API writer (see
+that module and docs/bigquery.md for why not Beam's cross-language sink). ``STREAMING_INSERTS``
+is ``InsertRowsFn``, described here: it sends row batches to ``tabledata.insertAll`` (legacy
+streaming inserts) with ``google-cloud-bigquery``'s ``insert_rows_json``; tables are made up
+front by ``ensure_tables``. Not Beam's ``WriteToBigQuery(method=STREAMING_INSERTS)``, which this
+project used first: its ``BigQueryWriteFn._check_row_size`` sizes every row with ``objsize.get_deep_size``,
 which walks the globals of every loaded module on each call — 378 µs per tick row measured here
 with Beam imported (2,188 modules), i.e. at most ~2,600 rows/s per core, on Dataflow workers as
 much as locally — and it shuffles every row onto one of 500 random keys before writing. Here a
 batch of ticks stays one element until the request, a row's size is its JSON length (~3 µs), and
 the client needs no Beam credential plumbing, so the same code runs on Dataflow and against the
-local BigQuery API server (``BIGQUERY_EMULATOR_HOST``). The Storage Write API (Beam's Java
-cross-language sink) is the next step up on Dataflow; it cannot run offline, so it is not offered.
+local BigQuery API server (``BIGQUERY_EMULATOR_HOST``).
 
 Failures never vanish: rows the pre-insert check refuses, rows BigQuery rejects (``insertErrors``)
 and whole requests it refuses (missing table, bad request) become ``dead_letter`` rows (stage
@@ -31,7 +33,7 @@ Before the insert, rows are checked for what BigQuery would judge differently lo
 JSON cannot carry: REQUIRED columns present (bqemulator stores NULL silently), no unknown
 columns (bqemulator drops them silently), TIMESTAMPs as ISO strings, finite floats (NaN is not
 JSON), and a size under the request limit. Failing rows go to ``dead_letter`` too. Types are
-left to BigQuery, which rejects them on both backends.
+left to BigQuery, which rejects them on both backends. Both writers apply this same check.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -53,10 +55,16 @@ from transforms import schemas
 from transforms.dead_letter import dead_letter
 from transforms.sinks import finalize_row
 
+if TYPE_CHECKING:
+    from transforms.storage_write_sink import PendingStreams
+
 _LOGGER = logging.getLogger(__name__)
 
 STAGE_BIGQUERY_INSERT = "bigquery_insert"
 FAILED = "failed"
+STORAGE_WRITE_API = "STORAGE_WRITE_API"
+STREAMING_INSERTS = "STREAMING_INSERTS"
+WRITE_METHODS = (STORAGE_WRITE_API, STREAMING_INSERTS)
 
 # insertAll limits (https://cloud.google.com/bigquery/quotas#streaming_inserts): 10 MB per
 # request, 50,000 rows, 500 recommended. The byte cap leaves room for the request envelope.
@@ -74,8 +82,20 @@ RETRYABLE_ROW_REASONS = frozenset({"stopped", "backendError", "internalError", "
 STREAMING_INSERT_USD_PER_200_MIB = 0.01
 STREAMING_INSERT_MIN_ROW_BYTES = 1024
 
-VIEW_NAMES = ("candles_latest", "candles_current", "latency_by_minute", "volume_by_hour",
-              "rows_cost_by_day", "completeness_by_day")
+# Storage Write API: $0.025 per GiB ingested, the first 2 TiB per month free
+# (https://cloud.google.com/bigquery/pricing, "Data ingestion pricing"; docs/cost-model.md).
+STORAGE_WRITE_USD_PER_GIB = 0.025
+
+# In creation order: a view is created after the views it reads.
+VIEW_NAMES = ("ticks_unique", "candles_unique", "candles_latest", "candles_current",
+              "latency_by_minute", "volume_by_hour", "rows_cost_by_day", "completeness_by_day")
+# A copy of a row (a retried append or bundle) has the same key; the first copy written is kept.
+# A restarted job's candles carry its own job_start: other rows, which candles_latest prefers.
+# The partitioning column is part of each key, so a query's filter on it can be applied before
+# the window function and prune partitions through the view.
+UNIQUE_KEYS = {schemas.TICKS_TABLE: ("exchange", "symbol", "id", "timestamp"),
+               schemas.CANDLES_TABLE: ("exchange", "symbol", "timeframe", "timestamp_in",
+                                       "job_start", "revision")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,15 +174,25 @@ def view_sql(project: str, dataset: str) -> dict[str, str]:
         cost_parts.append(
             f"SELECT '{table}' AS table_name, DATE(COALESCE(timestamp_out, {partition_field})) AS day,"
             f" {_row_bytes_sql(table)} AS row_bytes FROM {source}")
+    unique = {table: f"""
+SELECT * EXCEPT (copy_rank) FROM (
+  SELECT r.*, ROW_NUMBER() OVER (
+    PARTITION BY {', '.join(UNIQUE_KEYS[table])} ORDER BY timestamp_out) AS copy_rank
+  FROM {source} AS r)
+WHERE copy_rank = 1""" for table, source in ((schemas.TICKS_TABLE, ticks), (schemas.CANDLES_TABLE, candles))}
     return {
+        # Each tick once, however many times it was written.
+        "ticks_unique": unique[schemas.TICKS_TABLE],
+        # Each revision of each job's candle once.
+        "candles_unique": unique[schemas.CANDLES_TABLE],
         # One row per candle: the newest job's highest revision (corrections of late ticks, and
         # a restarted job's replay, supersede).
         "candles_latest": f"""
 SELECT * EXCEPT (revision_rank) FROM (
   SELECT c.*, ROW_NUMBER() OVER (
     PARTITION BY exchange, symbol, timeframe, timestamp_in
-    ORDER BY job_start DESC, revision DESC, timestamp_out DESC) AS revision_rank
-  FROM {candles} AS c)
+    ORDER BY job_start DESC, revision DESC) AS revision_rank
+  FROM {ds}.candles_unique` AS c)
 WHERE revision_rank = 1""",
         # The newest candle of every exchange/symbol/timeframe (a live board).
         "candles_current": f"""
@@ -185,10 +215,10 @@ FROM (
     APPROX_QUANTILES(latency_ms, 100) AS quantiles, MAX(latency_ms) AS max_ms
   FROM (
     SELECT TIMESTAMP_TRUNC(timestamp_out, MINUTE) AS minute, 'ticks' AS source, latency_ms
-    FROM {ticks} WHERE latency_ms IS NOT NULL
+    FROM {ds}.ticks_unique` WHERE latency_ms IS NOT NULL
     UNION ALL
     SELECT TIMESTAMP_TRUNC(timestamp_out, MINUTE) AS minute, 'candles' AS source, latency_ms
-    FROM {candles} WHERE latency_ms IS NOT NULL)
+    FROM {ds}.candles_unique` WHERE latency_ms IS NOT NULL)
   GROUP BY minute, source),
   UNNEST(quantiles) AS quantile WITH OFFSET AS position
 WHERE position IN (50, 95, 99)
@@ -214,12 +244,14 @@ SELECT DATE(timestamp_in) AS day, exchange, symbol, timeframe, COUNT(*) AS candl
 FROM {ds}.candles_latest`
 WHERE is_final
 GROUP BY day, exchange, symbol, timeframe""",
-        # Rows, approximate bytes and streaming-insert cost per day (of insert) and table.
+        # Rows, approximate bytes and the cost of writing them with either method, per day (of
+        # insert) and table, before free tiers. Every copy written counts: each was billed.
         "rows_cost_by_day": f"""
 SELECT day, table_name, COUNT(*) AS row_count, SUM(row_bytes) AS approx_bytes,
   SUM(GREATEST(row_bytes, {STREAMING_INSERT_MIN_ROW_BYTES})) AS billed_bytes,
   SUM(GREATEST(row_bytes, {STREAMING_INSERT_MIN_ROW_BYTES})) / (200 * 1024 * 1024)
-    * {STREAMING_INSERT_USD_PER_200_MIB} AS streaming_insert_usd
+    * {STREAMING_INSERT_USD_PER_200_MIB} AS streaming_insert_usd,
+  SUM(row_bytes) / (1024 * 1024 * 1024) * {STORAGE_WRITE_USD_PER_GIB} AS storage_write_api_usd
 FROM (
   {'''
   UNION ALL
@@ -363,7 +395,7 @@ class InsertRowsFn(beam.DoFn):
                 problem = f"row of {size:,} bytes exceeds the {MAX_REQUEST_BYTES:,}-byte insertAll request limit"
             if problem is not None:
                 self._rejected.inc()
-                yield self._dead_letter(problem, finished)
+                yield failed_row(self._table, problem, finished)
                 continue
             if self._buffer and (len(self._buffer) >= MAX_ROWS_PER_REQUEST
                                  or self._buffer_bytes + size > MAX_REQUEST_BYTES):
@@ -397,7 +429,7 @@ class InsertRowsFn(beam.DoFn):
             except GoogleAPICallError as exc:  # not transient: missing table, bad request, denied
                 self._failed.inc(len(pending))
                 for row in pending:
-                    yield self._dead_letter(f"{exc.code} {exc.message}", row)
+                    yield failed_row(self._table, f"{exc.code} {exc.message}", row)
                 return
             resend = []
             for error in errors:
@@ -408,7 +440,7 @@ class InsertRowsFn(beam.DoFn):
                 self._failed.inc()
                 reason = "; ".join(f"{e.get('reason', 'error')}: {e.get('message', '')}".strip()
                                    for e in row_errors) or "insert failed without an error message"
-                yield self._dead_letter(reason, row, row_errors)
+                yield failed_row(self._table, reason, row, row_errors)
             self._inserted.inc(len(pending) - len(errors))
             if not resend:
                 return
@@ -416,44 +448,68 @@ class InsertRowsFn(beam.DoFn):
             time.sleep(min(RETRY_MAX_SECONDS, RETRY_INITIAL_SECONDS * 2 ** attempt))
             pending = resend
 
-    def _dead_letter(self, reason: str, row: Mapping[str, Any],
-                     errors: Iterable[Mapping[str, Any]] = ()) -> TaggedOutput:
-        attributes: dict[str, Any] = {"table": self._table}
-        if errors:
-            attributes["errors"] = list(errors)
-        return TaggedOutput(FAILED, GlobalWindows.windowed_value(dead_letter_row(
-            STAGE_BIGQUERY_INSERT, reason, row, attributes, _event_time_of(row, self._table))))
+
+
+def failed_row(table: str, reason: str, row: Mapping[str, Any],
+               errors: Iterable[Mapping[str, Any]] = ()) -> TaggedOutput:
+    """A row a writer could not store → its ``dead_letter`` row on ``FAILED``, global window."""
+    attributes: dict[str, Any] = {"table": table}
+    if errors:
+        attributes["errors"] = list(errors)
+    return TaggedOutput(FAILED, GlobalWindows.windowed_value(dead_letter_row(
+        STAGE_BIGQUERY_INSERT, reason, row, attributes, _event_time_of(row, table))))
 
 
 class WriteRowsToBigQuery(beam.PTransform):
-    """Streams rows (columns of ``transforms.schemas``, times as µs or ISO strings) into one table
+    """Writes rows (columns of ``transforms.schemas``, times as µs or ISO strings) into one table
     of a dataset; returns the rows that could not be stored, as ``dead_letter`` rows, which are
     also written to the dataset's ``dead_letter`` table. When the target is the ``dead_letter``
     table itself, its failures are counted and logged instead (no loop).
 
     ``batched=True`` takes lists of rows (e.g. one per tick batch), so a batch stays one
-    element up to the writer.
+    element up to the writer; ``with_latency=False`` leaves ``latency_ms`` NULL (a bounded run's
+    historical rows). ``method``: ``STORAGE_WRITE_API`` (``AppendRowsFn``, the default)
+    or ``STREAMING_INSERTS`` (``InsertRowsFn``). ``pending`` (Storage Write API, bounded runs):
+    write to PENDING streams that ``pending.commit()`` makes visible at the end of the run.
     """
 
     def __init__(self, table: str, dataset: str, batched: bool = False,
-                 with_latency: bool = True) -> None:
+                 with_latency: bool = True, method: str = STORAGE_WRITE_API,
+                 pending: "PendingStreams | None" = None) -> None:
         super().__init__()
         if table not in schemas.FIELDS:
             raise ValueError(f"unknown table {table!r}; expected one of {sorted(schemas.FIELDS)}")
+        if method not in WRITE_METHODS:
+            raise ValueError(f"unknown BigQuery write method {method!r}; expected one of {WRITE_METHODS}")
+        if pending is not None and method != STORAGE_WRITE_API:
+            raise ValueError("PENDING streams are a Storage Write API feature")
         self._table = table
         self._project, self._dataset = split_dataset_ref(dataset)
         self._batched = batched
         self._with_latency = with_latency
+        self._method = method
+        self._pending = pending
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        written = rows | "InsertAll" >> beam.ParDo(
-            InsertRowsFn(self._project, self._dataset, self._table, self._batched,
-                         self._with_latency)
-        ).with_outputs(FAILED, main="stored")
+        if self._method == STREAMING_INSERTS:
+            written = rows | "InsertAll" >> beam.ParDo(
+                InsertRowsFn(self._project, self._dataset, self._table, self._batched,
+                             self._with_latency)
+            ).with_outputs(FAILED, main="stored")
+        else:
+            from transforms.storage_write_sink import STREAMS, AppendRowsFn
+
+            written = rows | "AppendRows" >> beam.ParDo(AppendRowsFn(
+                self._project, self._dataset, self._table, self._batched,
+                self._pending is not None, self._with_latency)
+            ).with_outputs(FAILED, STREAMS, main="stored")
+            if self._pending is not None:
+                self._pending.add(written[STREAMS])
         dead_letters = written[FAILED]
         if self._table == schemas.DEAD_LETTER_TABLE:
             _ = dead_letters | "LogUnwritable" >> beam.ParDo(LogUnwritableDeadLetterFn())
         else:
             _ = dead_letters | "WriteDeadLetter" >> WriteRowsToBigQuery(
-                schemas.DEAD_LETTER_TABLE, f"{self._project}:{self._dataset}")
+                schemas.DEAD_LETTER_TABLE, f"{self._project}:{self._dataset}",
+                method=self._method, pending=self._pending)
         return dead_letters

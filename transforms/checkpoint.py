@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import features
+from transforms.feature_state import FeatureState, initial_state, step
 from transforms.sequencer import SeriesEntry, SeriesState
 
 FILE_SUFFIX = ".series.json"
@@ -35,31 +35,31 @@ class SeriesCheckpoint:
     state: SeriesState
 
 
-def _state_json(state: Optional[features.FeatureState]) -> Optional[dict[str, Any]]:
+def _state_json(state: Optional[FeatureState]) -> Optional[dict[str, Any]]:
     return None if state is None else dataclasses.asdict(state)
 
 
-def _state_from_json(data: Optional[dict[str, Any]]) -> Optional[features.FeatureState]:
+def _state_from_json(data: Optional[dict[str, Any]]) -> Optional[FeatureState]:
     if data is None:
         return None
-    return features.FeatureState(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    return FeatureState(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def checkpoint_of_series(key: SeriesKey, rows: list[dict[str, Any]], timeframe_seconds: int,
                          with_features: bool, history_limit: int) -> Optional[SeriesCheckpoint]:
     """The state the streaming sequencer would hold after ``rows`` (one whole series, in order).
 
-    The feature state is rebuilt with the incremental ``features.step`` over the whole series,
+    The feature state is rebuilt with the incremental ``step`` over the whole series,
     which agrees with the vectorised batch features the rows carry.
     """
     if not rows:
         return None
-    feature_state = features.initial_state() if with_features else None
+    feature_state = initial_state() if with_features else None
     history: list[SeriesEntry] = []
     for row in rows:
         before = feature_state
         if feature_state is not None:
-            feature_state, _ = features.step(feature_state, row, float(timeframe_seconds))
+            feature_state, _ = step(feature_state, row, float(timeframe_seconds))
         history.append(SeriesEntry(row, before, 0))
         del history[:-history_limit]
     last_trade = max((r["last_tick_time"] for r in rows if r["last_tick_time"] is not None),

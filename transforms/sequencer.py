@@ -28,6 +28,7 @@ from apache_beam.utils.timestamp import Timestamp
 from transforms import features
 from transforms.candles import PANE_INDEX, UNCHECKED
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter, dead_letter_on_error
+from transforms.feature_state import initial_state, step
 from transforms.features import FEATURE_NAMES
 
 FEATURE_HISTORY = 40  # candles of history kept per key: covers every feature's look-back (≤ 34)
@@ -43,7 +44,7 @@ class SeriesEntry:
     """One emitted candle of the series, with what is needed to re-emit or recompute it."""
 
     row: dict[str, Any]
-    state_before: Any  # features.FeatureState before this candle (None: no features)
+    state_before: Any  # feature_state.FeatureState before this candle (None: no features)
     pane_index: int  # newest pane applied: an older pane arriving later must not win
     feed_unknown: bool = False  # after this candle the feed was down, not checked since
     made_gap: bool = False  # a gap candle the sequencer made (no element of its own)
@@ -282,7 +283,7 @@ class SequenceCandlesFn(beam.DoFn):
         """The incremental feature state, for a stream; a bounded series is done in one go."""
         if self._bounded or timeframe not in self._feature_timeframes:
             return None
-        return features.initial_state()
+        return initial_state()
 
     def _with_batch_features(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Fills the feature columns of a whole ordered series with ``compute_features``."""
@@ -351,9 +352,9 @@ class SequenceCandlesFn(beam.DoFn):
         return values
 
     def _step(self, state: Any, row: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        """``features.step``; a candle it refuses keeps the state as it was, with NULL features."""
+        """``step`` of the features; a candle it refuses keeps the state as it was, with NULL features."""
         try:
-            return features.step(state, row, self._timeframe_us[row["timeframe"]] / 1_000_000)
+            return step(state, row, self._timeframe_us[row["timeframe"]] / 1_000_000)
         except (ValueError, TypeError, ArithmeticError) as error:
             self._feature_failed(error, row)
             return state, _NO_FEATURES
