@@ -138,17 +138,20 @@ def test_recorded_gaps_are_recovered_once_alike_by_both_workers(exchange: str, t
 
 
 def _live_run(worker: str, args: list[str], output: Path, lines_wanted: int, log_wanted: str = "",
-              timeout: float = 60.0) -> tuple[subprocess.CompletedProcess, list[str], float | None]:
+              timeout: float = 60.0) -> tuple[subprocess.CompletedProcess, list[str], float | None, float | None]:
     """A live worker until its output has ``lines_wanted`` lines and its logs say ``log_wanted``;
-    returns its exit, its lines and when (seconds after start) the log line appeared."""
+    returns its exit, its lines and when (seconds after start) the log line appeared and the
+    output was complete."""
     log = output.with_suffix(".log")
     with open(log, "w") as sink:
         process = subprocess.Popen(command(worker, args), cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, text=True)
-        started, seen_at = time.monotonic(), None
+        started, seen_at, complete_at = time.monotonic(), None, None
         while time.monotonic() - started < timeout and process.poll() is None:
             if seen_at is None and log_wanted and log_wanted in log.read_text():
                 seen_at = time.monotonic() - started
-            if len(output_lines(output)) >= lines_wanted and (not log_wanted or seen_at is not None):
+            if complete_at is None and len(output_lines(output)) >= lines_wanted:
+                complete_at = time.monotonic() - started
+            if complete_at is not None and (not log_wanted or seen_at is not None):
                 break
             time.sleep(0.1)
         time.sleep(0.3)
@@ -159,7 +162,7 @@ def _live_run(worker: str, args: list[str], output: Path, lines_wanted: int, log
             process.kill()
             process.wait()
     return (subprocess.CompletedProcess(process.args, process.returncode, log.read_text(), ""),
-            output_lines(output), seen_at)
+            output_lines(output), seen_at, complete_at)
 
 
 @pytest.mark.parametrize("worker", ["python", "node"])
@@ -171,8 +174,8 @@ def test_live_drop_and_reconnect_are_recovered(exchange: str, worker: str, tmp_p
     output = tmp_path / "out.jsonl"
     wanted = 12 + 2 + 2  # every trade, two ranges, loss and resume markers (one item per message)
     with LoopbackExchange(trades.session(RECEIVED)) as venue, LoopbackRest(trades) as rest:
-        result, lines, _ = _live_run(worker, ["--live", "--ws-url", venue.url, *_args(trades), "--recover-url",
-                                              rest.url, "--output", str(output), *ONE_PER_MESSAGE], output, wanted)
+        result, lines, _, _ = _live_run(worker, ["--live", "--ws-url", venue.url, *_args(trades), "--recover-url",
+                                                 rest.url, "--output", str(output), *ONE_PER_MESSAGE], output, wanted)
     assert result.returncode == 0, result.stdout[-2000:]
     assert not venue.errors, venue.errors
     assert len(lines) == wanted, lines
@@ -196,7 +199,7 @@ def test_rest_down_leaves_ranges_reported_and_gives_up_in_time(mode: str, worker
     wanted = 6 + 2 + 2
     timeout_s = 4.0
     with LoopbackExchange(trades.session(RECEIVED)) as venue, LoopbackRest(trades, mode=mode) as rest:
-        result, lines, gave_up_at = _live_run(
+        result, lines, gave_up_at, complete_at = _live_run(
             worker, ["--live", "--ws-url", venue.url, *_args(trades), "--recover-url", rest.url,
                      "--recover-timeout", str(timeout_s), "--output", str(output), *ONE_PER_MESSAGE],
             output, wanted, log_wanted="gave up recovering trades")
@@ -207,6 +210,8 @@ def test_rest_down_leaves_ranges_reported_and_gives_up_in_time(mode: str, worker
     assert not any("fills" in t for t in ticks)
     assert [m["count"] for m in missing] == [4, 2]
     assert gave_up_at is not None and gave_up_at < 2 * timeout_s + 10, result.stdout[-2000:]
+    # The trades after the gaps (the reconnect's included) were published while recovery still tried.
+    assert complete_at is not None and complete_at < gave_up_at
     # Backoff: 1 s, 2 s, ... (at least Retry-After 1 s) within 4 s per range: a handful of requests.
     assert 2 <= len(rest.requests) <= 8, rest.requests
 
