@@ -18,7 +18,7 @@ from typing import Any
 
 from ingest.message import (FIELD_EXCHANGE, FIELD_FILLS, FIELD_SYMBOL, FIELD_TIMESTAMP, FILL_SEQ, RANGE_COUNT,
                             RANGE_FROM, RANGE_FROM_SEQ, RANGE_TO, RANGE_TO_SEQ)
-from ingest.values import SAFE_INTEGER
+from ingest.values import SAFE_INTEGER, ValueRejected
 
 # Open ranges kept per instrument (oldest forgotten first): a trade filling a forgotten range is
 # no longer marked, so memory stays bounded on a feed that keeps losing trades.
@@ -57,6 +57,28 @@ def sequence_number(value: Any) -> int | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return value if isinstance(value, int) and 0 <= value <= SAFE_INTEGER else None
+
+
+def missing_from_entry(entry: Any) -> Missing:
+    """A ``missing`` entry read back from a message (a JSONL file of messages): checked, so a
+    range that does not add up is an error record instead of a wrong count."""
+    if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in
+                                              (FIELD_EXCHANGE, FIELD_SYMBOL, RANGE_FROM, RANGE_TO)):
+        raise ValueRejected("bad missing range")
+    first, last, count = (sequence_number(entry.get(k)) for k in (RANGE_FROM_SEQ, RANGE_TO_SEQ, RANGE_COUNT))
+    if first is None or last is None or count is None or last < first or count != last - first + 1:
+        raise ValueRejected("bad missing range")
+    return Missing(entry[FIELD_EXCHANGE], entry[FIELD_SYMBOL], "", entry[RANGE_FROM], entry[RANGE_TO], first, last)
+
+
+def canonical_fills(mark: Any) -> dict[str, Any]:
+    """A tick's ``fills`` mark read back from a message, in wire order."""
+    if not isinstance(mark, dict) or not all(isinstance(mark.get(k), str) for k in (RANGE_FROM, RANGE_TO)):
+        raise ValueRejected("bad fills mark")
+    first, seq = sequence_number(mark.get(RANGE_FROM_SEQ)), sequence_number(mark.get(FILL_SEQ))
+    if first is None or seq is None or seq < first:
+        raise ValueRejected("bad fills mark")
+    return {RANGE_FROM: mark[RANGE_FROM], RANGE_TO: mark[RANGE_TO], RANGE_FROM_SEQ: first, FILL_SEQ: seq}
 
 
 @dataclass

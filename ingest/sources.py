@@ -1,7 +1,7 @@
 """Where ticks come from: a Tardis.dev replay, an exchange's live WebSocket, or a file.
 
-Every source is an async iterator of records (wire-format ticks, error records) and ``Disconnect``
-markers; frame sources go through ``ingest.streams.FrameStream`` so replay and live read, dedup and
+Every source is an async iterator of records (wire-format ticks, error records), ``Disconnect``
+markers and ``Missing`` ranges (``ingest.gaps``); frame sources go through ``ingest.streams.FrameStream`` so replay and live read, dedup and
 mark interruptions the same way. ``notify`` receives the console's 📡 lines.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from ingest.files import iter_file_items
 from ingest.message import FIELD_TIMESTAMP, parse_time_us
 from ingest.recover import Recovery
-from ingest.streams import Disconnect, FrameStream, SourceItem, SourceStats, line_items
+from ingest.streams import FrameStream, SourceItem, SourceStats, line_items
 from ingest.venues import Feed, Instrument
 
 logger = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ async def file_items(path: str, stats: SourceStats | None = None, feed: Feed | N
         return streams[-1]
 
     for count, item in enumerate(iter_file_items(path, make_stream if feed is not None else None), start=1):
-        if not streams and not isinstance(item, Disconnect):  # rows: one message each
+        if not streams and isinstance(item, dict):  # rows: one message each
             stats.messages += 1
             stats.count([item])
         yield item

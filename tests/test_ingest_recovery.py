@@ -135,6 +135,19 @@ def test_recorded_gaps_are_recovered_once_alike_by_both_workers(exchange: str, t
     # Paged as the venue pages, 2 rows a page: each worker asks twice for the 4 trades, once for the 2.
     asked = sorted(json.dumps(r, sort_keys=True) for r in rest.requests)
     assert len(asked) == 6 and asked[0::2] == asked[1::2], rest.requests
+    # Read back as a file of messages (mds replay --input), ranges and fills marks survive, byte for
+    # byte; a range that does not add up becomes an error record in both workers.
+    published = output_lines(tmp_path / "python.jsonl")
+    bad = ('{"ticks":[],"missing":[{"exchange":"%s","symbol":"%s","from":"a","to":"b","fromSeq":5,"toSeq":4,'
+           '"count":0}]}' % (trades.exchange, trades.symbol))
+    (tmp_path / "again.jsonl").write_text("\n".join([*published, bad]) + "\n")
+    results = run_both(lambda w: ["--source", str(tmp_path / "again.jsonl"), "--output",
+                                  str(tmp_path / f"{w}-again.jsonl"), *ONE_PER_MESSAGE])
+    for worker, result in results.items():
+        assert result.returncode == 0, (worker, result.stderr[-2000:])
+        again = output_lines(tmp_path / f"{worker}-again.jsonl")
+        assert again[:-1] == published, worker
+        assert json.loads(again[-1])["_error"] == "bad missing range", worker
 
 
 def _live_run(worker: str, args: list[str], output: Path, lines_wanted: int, log_wanted: str = "",

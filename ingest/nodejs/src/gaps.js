@@ -4,6 +4,7 @@
  * (the event-time span between the last seen and the next seen trade, the first and last missing
  * sequence, how many); a trade that later falls inside an open range gets a `fills` mark.
  */
+import { ValueRejected } from './values.js';
 import { FIELD_EXCHANGE, FIELD_FILLS, FIELD_SYMBOL, FIELD_TIMESTAMP, FILL_SEQ, RANGE_COUNT, RANGE_FROM,
   RANGE_FROM_SEQ, RANGE_TO, RANGE_TO_SEQ } from './message.js';
 
@@ -30,6 +31,31 @@ export class Missing {
 /** A venue sequence value as an integer, or undefined unless it is a safe non-negative integer. */
 export function sequenceNumber(value) {
   return Number.isSafeInteger(value) && value >= 0 ? value : undefined;
+}
+
+const isObject = (value) => value !== null && typeof value === 'object' && !Array.isArray(value);
+const strings = (value, keys) => keys.every((key) => Object.hasOwn(value, key) && typeof value[key] === 'string');
+const seqOf = (value, key) => sequenceNumber(Object.hasOwn(value, key) ? value[key] : undefined);
+
+/** A `missing` entry read back from a message (a JSONL file of messages), checked. */
+export function missingFromEntry(entry) {
+  if (!isObject(entry) || !strings(entry, [FIELD_EXCHANGE, FIELD_SYMBOL, RANGE_FROM, RANGE_TO])) {
+    throw new ValueRejected('bad missing range');
+  }
+  const [first, last, count] = [RANGE_FROM_SEQ, RANGE_TO_SEQ, RANGE_COUNT].map((key) => seqOf(entry, key));
+  if (first === undefined || last === undefined || count === undefined || last < first || count !== last - first + 1) {
+    throw new ValueRejected('bad missing range');
+  }
+  return new Missing({ exchange: entry[FIELD_EXCHANGE], symbol: entry[FIELD_SYMBOL], native: '',
+    fromTs: entry[RANGE_FROM], toTs: entry[RANGE_TO], fromSeq: first, toSeq: last });
+}
+
+/** A tick's `fills` mark read back from a message, in wire order. */
+export function canonicalFills(mark) {
+  if (!isObject(mark) || !strings(mark, [RANGE_FROM, RANGE_TO])) throw new ValueRejected('bad fills mark');
+  const [first, seq] = [seqOf(mark, RANGE_FROM_SEQ), seqOf(mark, FILL_SEQ)];
+  if (first === undefined || seq === undefined || seq < first) throw new ValueRejected('bad fills mark');
+  return { [RANGE_FROM]: mark[RANGE_FROM], [RANGE_TO]: mark[RANGE_TO], [RANGE_FROM_SEQ]: first, [FILL_SEQ]: seq };
 }
 
 /** The last sequence and the open missing ranges of every instrument of one feed. */
