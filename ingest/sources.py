@@ -2,7 +2,8 @@
 
 Every source is an async iterator of records (wire-format ticks, error records), ``Disconnect``
 markers and ``Missing`` ranges (``ingest.gaps``); frame sources go through
-``ingest.streams.FrameStream`` so replay and live read, dedup and mark interruptions the same way. ``notify`` receives the console's 📡 lines.
+``ingest.streams.FrameStream`` so replay and live read, dedup and mark interruptions the same way.
+``notify`` receives the console's 📡 lines.
 """
 from __future__ import annotations
 
