@@ -250,3 +250,35 @@ def test_gap_tracker_marks_late_trades_and_ignores_what_is_not_a_sequence() -> N
     assert not tracker.is_open(gap, 11) and tracker.left_in(gap) == 0
     assert [sequence_number(v) for v in (True, -1, 1.5, 2.0, "7", 2 ** 53, None, 7)] == \
         [None, None, None, 2, None, None, None, 7]
+
+
+def test_a_trade_seen_live_late_is_marked_and_not_recovered_again() -> None:
+    """Trade 4 of the lost 3..6 arrives late on the live feed: it gets its fills mark there, and
+    recovery publishes only 3, 5 and 6 (by number and by id, never twice)."""
+    import asyncio
+
+    from ingest.recover import Recovery, RecoveryOptions, with_recovery
+    from ingest.streams import FrameStream
+    from ingest.venues import load
+
+    trades = load_trades("binance")
+    feed, instruments = load().resolve("binance", [trades.symbol])
+
+    async def scenario(rest_url: str) -> list:
+        recovery = Recovery(feed, RecoveryOptions(timeout_s=20, base_url=rest_url))
+        stream = FrameStream(feed, instruments, recovery=recovery)
+
+        async def frames():  # noqa: ANN202 (an async generator)
+            for n, i in enumerate([0, 1, 2, 7, 4, 8]):
+                for item in stream.frame(json.dumps(trades.live[i]), 1_732_436_160_000_000 + n):
+                    yield item
+
+        return [item async for item in with_recovery(frames(), recovery)]
+
+    with LoopbackRest(trades) as rest:
+        items = asyncio.run(asyncio.wait_for(scenario(rest.url), 60))
+    ticks = [i for i in items if isinstance(i, dict)]
+    assert sorted(t["id"] for t in ticks) == sorted(str(trades.seq(i)) for i in range(9))
+    assert sorted(t["fills"]["seq"] for t in ticks if "fills" in t) == [trades.seq(i) for i in (3, 4, 5, 6)]
+    late = next(t for t in ticks if t["id"] == str(trades.seq(4)))
+    assert late["localTimestamp"] == "2024-11-24T08:16:00.000004Z"  # the live copy, not a fetched one

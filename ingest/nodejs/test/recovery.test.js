@@ -49,7 +49,7 @@ async function* framesOf(stream, spec, indexes) {
   }
 }
 
-async function run(exchange, { status, retryAfter, timeoutMs = 20_000 } = {}) {
+async function run(exchange, { status, retryAfter, timeoutMs = 20_000, order = [0, 1, 2, 7, 8, 11] } = {}) {
   const spec = fixture(exchange);
   const { feed } = load().resolve(exchange, [spec.symbol]);
   const rest = await restServer(spec, { status, retryAfter });
@@ -59,7 +59,7 @@ async function run(exchange, { status, retryAfter, timeoutMs = 20_000 } = {}) {
       log: (line) => logs.push(line) });
     const stream = new FrameStream(feed, [], undefined, undefined, recovery);
     const events = [];
-    for await (const event of withRecovery(framesOf(stream, spec, [0, 1, 2, 7, 8, 11]), recovery)) events.push(event);
+    for await (const event of withRecovery(framesOf(stream, spec, order), recovery)) events.push(event);
     return { spec, events, requests: rest.requests, logs, stats: stream.stats };
   } finally {
     rest.server.close();
@@ -90,6 +90,15 @@ test('429 forever: retried after Retry-After, given up within the timeout, range
   assert.equal(events.filter((e) => e.kind === 'record').length, 6);
   assert.ok(requests.length >= 2 && requests.length <= 6, JSON.stringify(requests));
   assert.ok(logs.some((line) => line.includes('gave up recovering trades')), logs.join('\n'));
+});
+
+test('a trade seen live late is marked there and not recovered again', async () => {
+  const { spec, events } = await run('binance', { order: [0, 1, 2, 7, 4, 8] });
+  const seq = (i) => spec.trades[i].rest.id;
+  const records = events.filter((e) => e.kind === 'record').map((e) => e.record);
+  assert.deepEqual(records.map((r) => Number(r.id)).sort((a, b) => a - b), [0, 1, 2, 3, 4, 5, 6, 7, 8].map(seq));
+  assert.deepEqual(records.filter((r) => r.fills).map((r) => r.fills.seq).sort((a, b) => a - b), [3, 4, 5, 6].map(seq));
+  assert.equal(records.find((r) => r.id === String(seq(4))).localTimestamp, '2024-11-24T08:16:04.000000Z');
 });
 
 test('the gap tracker marks late trades, forgets the oldest ranges, reads only safe integers', () => {
