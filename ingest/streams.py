@@ -114,9 +114,7 @@ class FrameStream:
     def frame(self, frame: str | bytes, local_us: int) -> list[SourceItem]:
         """One frame's items: resume markers first if the feed was interrupted, then its records
         (each preceded by the missing range it revealed, if any)."""
-        self.stats.messages += 1
-        items: list[SourceItem] = self.resumed(local_us) if self._interrupted else []
-        self.last_us = local_us
+        items = self._arrived(local_us)
         for record, seq in self.reader.read_sequenced(frame, local_us):
             if not self._first_time(record):
                 continue
@@ -148,12 +146,17 @@ class FrameStream:
 
     def unreadable(self, reason: str, raw: bytes, local_us: int) -> list[SourceItem]:
         """A frame that could not even be delivered to the reader (a bad Tardis line)."""
-        self.stats.messages += 1
-        items: list[SourceItem] = self.resumed(local_us) if self._interrupted else []
-        self.last_us = local_us
+        items = self._arrived(local_us)
         record = make_error_record(self.feed.exchange, f"{self.feed.exchange}: {reason}", raw, local_us)
         self.stats.count([record])
         return items + [record]
+
+    def _arrived(self, local_us: int) -> list[SourceItem]:
+        """A frame arrived: the resume markers it brings if the feed was interrupted."""
+        self.stats.messages += 1
+        items: list[SourceItem] = list(self.resumed(local_us)) if self._interrupted else []
+        self.last_us = local_us
+        return items
 
     def interrupted(self, at_us: int, reason: str) -> list[Disconnect]:
         """The feed was lost at ``at_us``: one marker per symbol. After an interruption a venue's

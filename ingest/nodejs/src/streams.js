@@ -79,9 +79,7 @@ export class FrameStream {
    * preceded by the missing range it revealed, if any).
    */
   frame(frame, localUs) {
-    this.stats.messages += 1;
-    const events = this.isInterrupted ? this.resumed(localUs) : [];
-    this.lastUs = localUs;
+    const events = this.arrived(localUs);
     for (const [record, seq] of this.reader.readSequenced(frame, localUs)) {
       if (!this.firstTimeRecord(record)) continue;
       this.stats.count([record]);
@@ -118,12 +116,18 @@ export class FrameStream {
 
   /** A frame that could not even be delivered to the reader (a bad Tardis line). */
   unreadable(reason, raw, localUs) {
-    this.stats.messages += 1;
-    const events = this.isInterrupted ? this.resumed(localUs) : [];
-    this.lastUs = localUs;
+    const events = this.arrived(localUs);
     const record = makeErrorRecord(this.feed.exchange, `${this.feed.exchange}: ${reason}`, raw, localUs);
     this.stats.count([record]);
     events.push({ kind: 'record', record });
+    return events;
+  }
+
+  /** A frame arrived: the resume markers it brings if the feed was interrupted. */
+  arrived(localUs) {
+    this.stats.messages += 1;
+    const events = this.isInterrupted ? this.resumed(localUs) : [];
+    this.lastUs = localUs;
     return events;
   }
 
