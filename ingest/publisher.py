@@ -132,6 +132,7 @@ class TickPublisher:
         self._topic_confirmed = False  # the topic accepted a message: a later NotFound is transient
         self._lock = threading.Condition()  # guards _unconfirmed, _topic_confirmed, gave_up, stats
         self._failing_since: float | None = None  # first failure since the last success
+        self._last_failure_log = float("-inf")  # when _log_failure last wrote a line
 
     def add(self, item: SourceItem) -> None:
         """Batch a record or a marker. A marker goes out at once, so the pipeline learns of a gap
