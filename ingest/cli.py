@@ -29,6 +29,7 @@ from ingest.console import Console
 from ingest.message import iso_from_us
 from ingest.publisher import (DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PUBLISH_TIMEOUT_S,
                               MAX_MESSAGE_BYTES, MIN_MESSAGE_BYTES, TickPublisher)
+from ingest.recover import DEFAULT_RECOVER_TIMEOUT_S, Recovery, RecoveryOptions, rest_base, with_recovery
 from ingest.sources import (Backoff, SourceItem, file_items, live_trades, live_with_fallback, paced,
                             tardis_endpoint, tardis_replay)
 from ingest.streams import SourceStats
@@ -85,6 +86,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Tardis.dev API base URL, with or without /v1 (https; http only on loopback)")
     parser.add_argument("--cache-dir", help="Tardis.dev local cache directory")
     parser.add_argument("--ws-url", help="override the exchange's live WebSocket URL")
+    parser.add_argument("--recover", action=argparse.BooleanOptionalAction, default=None,
+                        help="on feeds with a trade sequence (binance, binance-futures, coinbase, deribit), fetch "
+                             "the trades a sequence gap or reconnect lost from the venue's public REST API and "
+                             "publish them with a 'fills' mark (default: on with --live, off for files and "
+                             "replays); gaps are reported as 'missing' ranges either way")
+    parser.add_argument("--recover-timeout", type=float, default=DEFAULT_RECOVER_TIMEOUT_S, metavar="SECONDS",
+                        help="give a missing range up this long after it was reported (it stays reported "
+                             "missing; the live feed goes on)")
+    parser.add_argument("--recover-url", help="override the venue REST base URL used to recover (scheme://host)")
     parser.add_argument("--quiet", action="store_true", help="no per-second status line")
     parser.add_argument("--create-topic", action="store_true", help="create the topic if it does not exist")
 
@@ -116,10 +126,14 @@ def _validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tupl
         parser.error("--batch-latency-ms and --speed must be >= 0, --duration > 0")
     if args.publish_timeout <= 0:
         parser.error("--publish-timeout must be > 0")
+    if not args.recover_timeout > 0:
+        parser.error("--recover-timeout must be > 0")
     if args.max_messages_in_flight < 1 or args.max_bytes_in_flight < 1:
         parser.error("--max-messages-in-flight and --max-bytes-in-flight must be >= 1")
     try:
         args.endpoint = tardis_endpoint(args.endpoint)
+        if args.recover_url:
+            args.recover_url = rest_base(args.recover_url)
         for flag in ("from_date", "to_date"):
             if getattr(args, flag):
                 setattr(args, flag, utc_text(getattr(args, flag), "--" + flag.split("_")[0]))
@@ -138,19 +152,40 @@ def _replay_window(args: argparse.Namespace) -> tuple[str, str]:
     return start.isoformat(), (start + FALLBACK_WINDOW).isoformat()
 
 
+def make_recovery(args: argparse.Namespace, feed: Feed, console: Console) -> Recovery | None:
+    """A Recovery when asked (--recover; by default with --live) and the feed has a sequence."""
+    wanted = args.live if args.recover is None else args.recover
+    if args.recover and not feed.sequence:
+        logger.warning("%s %s: trade ids are not sequential, so missing trades cannot be told or recovered "
+                       "(--recover ignored; disconnects are still marked)", feed.exchange, feed.name)
+    if not wanted or not feed.sequence:
+        return None
+    return Recovery(feed, RecoveryOptions(timeout_s=args.recover_timeout, base_url=args.recover_url),
+                    notify=console.line)
+
+
 def build_source(args: argparse.Namespace, feed: Feed, instruments: list[Instrument], stats: SourceStats,
                  console: Console) -> AsyncIterator[SourceItem]:
+    recovery = make_recovery(args, feed, console)
+    source = _frames_source(args, feed, instruments, stats, console, recovery)
+    return source if recovery is None else with_recovery(source, recovery)
+
+
+def _frames_source(args: argparse.Namespace, feed: Feed, instruments: list[Instrument], stats: SourceStats,
+                   console: Console, recovery: Recovery | None) -> AsyncIterator[SourceItem]:
     if args.source:
-        return paced(file_items(args.source, stats, feed, instruments), args.speed)
+        return paced(file_items(args.source, stats, feed, instruments, recovery=recovery), args.speed)
 
     def replay() -> AsyncIterator[SourceItem]:
         from_date, to_date = _replay_window(args)
         return paced(tardis_replay(feed, instruments, from_date, to_date, api_key=os.environ.get(TARDIS_KEY_ENV, ""),
-                                   endpoint=args.endpoint, cache_dir=args.cache_dir, stats=stats), args.speed)
+                                   endpoint=args.endpoint, cache_dir=args.cache_dir, stats=stats,
+                                   recovery=recovery), args.speed)
 
     if args.live:
         live = live_trades(feed, instruments, url=args.ws_url, stats=stats, backoff=Backoff(),
-                           give_up_after=3 if args.fallback_replay else None, notify=console.line)
+                           give_up_after=3 if args.fallback_replay else None, notify=console.line,
+                           recovery=recovery)
         return live_with_fallback(live, replay) if args.fallback_replay else live
     return replay()
 
@@ -237,7 +272,7 @@ async def run(args: argparse.Namespace, feed: Feed, instruments: list[Instrument
     print(f"✅ {stats.summary()}", flush=True)
     print(f"   source: {source_stats.messages:,} messages, {source_stats.errors} unreadable (published as error "
           f"records), {source_stats.duplicates} duplicates skipped, {source_stats.disconnects} disconnects, "
-          f"{source_stats.reconnects} reconnects", flush=True)
+          f"{source_stats.reconnects} reconnects; {source_stats.sequence_summary()}", flush=True)
     if stats.failed_messages:
         print(f"❌ {stats.failed_ticks:,} ticks in {stats.failed_messages:,} messages were not published "
               f"(refused by Pub/Sub, or unconfirmed after --publish-timeout {args.publish_timeout:.0f}s); "

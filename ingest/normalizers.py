@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ingest.gaps import sequence_number
 from ingest.message import make_error_record, make_tick
 from ingest.values import SyntheticIds, ValueRejected, check_text, load_frame, number, show, time_us, trade_id
 from ingest.venues import Contract, Feed, Instrument, load
@@ -34,7 +35,8 @@ MAX_SYMBOL_CHARS = 64
 
 
 # One trade's raw venue values by role (native, id, price, quantity, side, time), each a pair
-# (venue key, value or MISSING); side also carries its rule (taker, maker, buyer_is_maker).
+# (venue key, value or MISSING); side also carries its rule (taker, maker, buyer_is_maker); venue
+# is the venue's whole trade object (where a feed's sequence field is read).
 Trade = dict[str, tuple]
 
 
@@ -47,7 +49,8 @@ def _trade(record: Any, native: str, trade_id_key: str, price: str, quantity: st
     if not isinstance(record, dict):
         return ValueRejected(f"trade is not an object: {type_name(record)}")
     return {"native": _get(record, native), "id": _get(record, trade_id_key), "price": _get(record, price),
-            "quantity": _get(record, quantity), "side": (*_get(record, side), side_rule), "time": _get(record, time)}
+            "quantity": _get(record, quantity), "side": (*_get(record, side), side_rule), "time": _get(record, time),
+            "venue": record}
 
 
 def type_name(value: Any) -> str:
@@ -221,26 +224,33 @@ class FeedReader:
 
     def read(self, frame: str | bytes, local_us: int) -> list[Record]:
         """One WebSocket/Tardis frame → its records ([] for acks, heartbeats, other channels)."""
+        return [record for record, _ in self.read_sequenced(frame, local_us)]
+
+    def read_sequenced(self, frame: str | bytes, local_us: int) -> list[tuple[Record, int | None]]:
+        """A frame's records, each with its venue sequence number (None for error records and on
+        feeds without a sequence): what ``ingest.gaps`` tracks."""
         if isinstance(frame, bytes):
             try:
                 frame = frame.decode("utf-8")
             except UnicodeDecodeError:
-                return [self._error("frame is not UTF-8 text", frame, local_us)]
+                return [(self._error("frame is not UTF-8 text", frame, local_us), None)]
         if frame.strip() in KEEPALIVE_TEXT:
             return []
         try:
             message = load_frame(frame)
             trades = self._read(message, self.snapshots)
         except ValueRejected as exc:
-            return [self._error(str(exc), frame, local_us)]
-        records = []
+            return [(self._error(str(exc), frame, local_us), None)]
+        records: list[tuple[Record, int | None]] = []
+        sequence_key = self.feed.sequence["field"] if self.feed.sequence else None
         for index, trade in enumerate(trades):
             try:
                 if isinstance(trade, ValueRejected):
                     raise trade
-                records.append(self.tick(trade, local_us))
+                seq = sequence_number(trade["venue"].get(sequence_key)) if sequence_key else None
+                records.append((self.tick(trade, local_us), seq))
             except ValueRejected as exc:
-                records.append(self._error(f"trade {index}: {exc}", frame, local_us))
+                records.append((self._error(f"trade {index}: {exc}", frame, local_us), None))
         return records
 
     def tick(self, trade: Trade, local_us: int) -> Record:

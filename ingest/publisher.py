@@ -34,7 +34,8 @@ from google.api_core.retry import Retry, if_exception_type
 from ingest.clients import PublishStats, billable_bytes, make_publisher_client
 from ingest.console import Console
 from ingest.message import (ERROR_SYMBOL, FIELD_ERROR, FIELD_EXCHANGE, FIELD_ID, FIELD_RAW, FIELD_SYMBOL, assemble,
-                            make_error_record, message_attributes, record_time_us, serialize)
+                            make_error_record, message_attributes, range_time_us, record_time_us, serialize)
+from ingest.gaps import Missing
 from ingest.streams import Disconnect, SourceItem
 
 Record = dict[str, Any]
@@ -60,6 +61,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
 MIN_MESSAGE_BYTES, MAX_MESSAGE_BYTES = 10_000, 9_000_000
 ERRORS_LOGGED = 20  # error records logged one by one; after that, every 1000th
 _BATCH_OVERHEAD = len('{"ticks":[]}') + len(',"disconnects":[]')
+_MISSING_OVERHEAD = len(',"missing":[]')  # added to a batch's size with its first missing range
 
 
 @dataclass
@@ -68,13 +70,18 @@ class _PendingBatch:
 
     parts: list[str] = field(default_factory=list)
     markers: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
     times_us: list[int | None] = field(default_factory=list)
     size: int = _BATCH_OVERHEAD  # bytes of the message if sent now (batch form, an upper bound)
     single_id: str | None = None  # the id of the first record, for a message of one tick
     opened: float = field(default_factory=time.monotonic)
 
     def fits(self, part: str, limit: int) -> bool:
-        return not self.parts and not self.markers or self.size + len(part) + 1 <= limit
+        return self.empty or self.size + len(part) + 1 <= limit
+
+    @property
+    def empty(self) -> bool:
+        return not self.parts and not self.markers and not self.missing
 
 
 @dataclass(eq=False)
@@ -131,19 +138,8 @@ class TickPublisher:
         """Batch a record or a marker. A marker goes out at once, so the pipeline learns of a gap
         without waiting for the batch; a record that would push its batch past the byte limit
         sends the batch first."""
-        if isinstance(item, Disconnect):
-            key = (item.exchange, item.symbol)
-            marker = serialize(item.as_marker())
-            batch = self._batch_for(key)
-            if not batch.fits(marker, self.max_message_bytes):
-                self._publish(key)
-                batch = self._batch_for(key)
-            batch.markers.append(marker)
-            batch.times_us.append(item.ts_us)
-            batch.size += len(marker) + 1
-            self.stats.disconnects += 1
-            self.console.disconnect(item.exchange, item.symbol, item.ts_us)
-            self._publish(key)
+        if isinstance(item, (Disconnect, Missing)):
+            self._add_marker(item)
             return
         self.stats.received += 1
         self.console.record(item)
@@ -170,6 +166,26 @@ class TickPublisher:
         batch.size += len(part) + 1
         if len(batch.parts) >= self.batch_size:
             self._publish(key)
+
+    def _add_marker(self, item: Disconnect | Missing) -> None:
+        """A disconnect marker or a missing range, in its key's batch, sent at once."""
+        key = (item.exchange, item.symbol)
+        marker = serialize(item.as_marker() if isinstance(item, Disconnect) else item.as_entry())
+        batch = self._batch_for(key)
+        if not batch.fits(marker, self.max_message_bytes):
+            self._publish(key)
+            batch = self._batch_for(key)
+        if isinstance(item, Disconnect):
+            batch.markers.append(marker)
+            batch.times_us.append(item.ts_us)
+            self.stats.disconnects += 1
+            self.console.disconnect(item.exchange, item.symbol, item.ts_us)
+        else:
+            batch.size += 0 if batch.missing else _MISSING_OVERHEAD
+            batch.missing.append(marker)
+            batch.times_us.append(range_time_us(item.as_entry()))
+        batch.size += len(marker) + 1
+        self._publish(key)
 
     def flush_due(self) -> None:
         """Publish every batch older than the latency budget, send again the failed messages
@@ -212,10 +228,10 @@ class TickPublisher:
 
     def _publish(self, key: tuple[str, str]) -> None:
         batch = self._pending.pop(key, None)
-        if batch is None or (not batch.parts and not batch.markers):
+        if batch is None or batch.empty:
             return
-        data = assemble(batch.parts, batch.markers).encode("ascii")
-        single = batch.single_id if len(batch.parts) == 1 and not batch.markers else None
+        data = assemble(batch.parts, batch.markers, batch.missing).encode("ascii")
+        single = batch.single_id if len(batch.parts) == 1 and not batch.markers and not batch.missing else None
         attributes = message_attributes(data, key[0], key[1], len(batch.parts), single, batch.times_us)
         outgoing = _Outgoing(data, attributes, len(batch.parts), first_sent=time.monotonic())
         with self._lock:

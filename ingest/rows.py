@@ -4,7 +4,8 @@ The rules both workers share (the Node.js twin: ``src/sources/file.js``): one CS
 quotes, no newline inside a field), cells that are not strict numbers kept as text for the
 pipeline to dead-letter, derivatives' quantities in base units, deterministic ids for rows without
 one, and JSONL records republished with the wire fields in wire order (5.0 and 5 are one JSON number
-to JavaScript, so float fields always get floats and the others integers).
+to JavaScript, so float fields always get floats and the others integers), their ``fills`` marks and
+the messages' ``missing`` ranges kept (checked by ``ingest.gaps``).
 """
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import re
 import time
 from typing import Any
 
+from ingest.gaps import canonical_fills, missing_from_entry
 from ingest.message import (BATCH_KEY, DISCONNECTS_KEY, ERROR_SYMBOL, FIELD_AMOUNT, FIELD_ERROR, FIELD_EXCHANGE,
-                            FIELD_INSTRUMENT_KIND, FIELD_SYMBOL, FIELD_TIMESTAMP, FIELD_VENUE_AMOUNT,
-                            make_error_record, make_tick)
+                            FIELD_FILLS, FIELD_INSTRUMENT_KIND, FIELD_SYMBOL, FIELD_TIMESTAMP, FIELD_VENUE_AMOUNT,
+                            MISSING_KEY, make_error_record, make_tick)
 from ingest.values import SAFE_INTEGER, SyntheticIds, ValueRejected, load_frame, number, show, time_us
 from ingest.venues import Instrument, load, split_native
 
@@ -189,7 +191,10 @@ def canonical_record(record: Any) -> dict[str, Any]:
     """A JSONL tick as both workers republish it: the wire fields in wire order, others left out."""
     if not isinstance(record, dict):
         raise ValueRejected("tick is not an object")
-    return {key: _canonical_scalar(key, record[key]) for key in RECORD_FIELDS if key in record}
+    canonical = {key: _canonical_scalar(key, record[key]) for key in RECORD_FIELDS if key in record}
+    if FIELD_FILLS in record:
+        canonical[FIELD_FILLS] = canonical_fills(record[FIELD_FILLS])
+    return canonical
 
 
 def _canonical_marker(marker: Any) -> dict[str, Any]:
@@ -200,7 +205,7 @@ def _canonical_marker(marker: Any) -> dict[str, Any]:
 
 
 def jsonl_items(line: str) -> list[Any]:
-    """One JSONL line → records, then ``Disconnect`` markers."""
+    """One JSONL line → records, then ``Disconnect`` markers, then ``Missing`` ranges."""
     from ingest.streams import Disconnect
 
     def error(reason: str) -> dict[str, Any]:
@@ -227,6 +232,14 @@ def jsonl_items(line: str) -> list[Any]:
             canonical = _canonical_marker(marker)
             ts_us = time_us(canonical[FIELD_TIMESTAMP], "marker timestamp")
             items.append(Disconnect(canonical[FIELD_EXCHANGE], canonical[FIELD_SYMBOL], ts_us))
+        except ValueRejected as exc:
+            items.append(error(str(exc)))
+    ranges = (message.get(MISSING_KEY) or []) if BATCH_KEY in message else []
+    if not isinstance(ranges, list):
+        return items + [error("missing must be an array")]
+    for entry in ranges:
+        try:
+            items.append(missing_from_entry(entry))
         except ValueRejected as exc:
             items.append(error(str(exc)))
     return items

@@ -1,8 +1,9 @@
 """Where ticks come from: a Tardis.dev replay, an exchange's live WebSocket, or a file.
 
-Every source is an async iterator of records (wire-format ticks, error records) and ``Disconnect``
-markers; frame sources go through ``ingest.streams.FrameStream`` so replay and live read, dedup and
-mark interruptions the same way. ``notify`` receives the console's 📡 lines.
+Every source is an async iterator of records (wire-format ticks, error records), ``Disconnect``
+markers and ``Missing`` ranges (``ingest.gaps``); frame sources go through
+``ingest.streams.FrameStream`` so replay and live read, dedup and mark interruptions the same way.
+``notify`` receives the console's 📡 lines.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from urllib.parse import urlsplit
 
 from ingest.files import iter_file_items
 from ingest.message import FIELD_TIMESTAMP, parse_time_us
-from ingest.streams import Disconnect, FrameStream, SourceItem, SourceStats, line_items
+from ingest.recover import Recovery
+from ingest.streams import FrameStream, SourceItem, SourceStats, line_items
 from ingest.venues import Feed, Instrument
 
 logger = logging.getLogger(__name__)
@@ -112,7 +114,8 @@ def _show_tardis_retries() -> None:
 async def tardis_replay(feed: Feed, instruments: Sequence[Instrument], from_date: str, to_date: str, *,
                         api_key: str = "", endpoint: str = "https://api.tardis.dev", cache_dir: str | None = None,
                         stats: SourceStats | None = None, http_timeout: float = 60.0,
-                        preflight_retry_s: float = 1.0) -> AsyncIterator[SourceItem]:
+                        preflight_retry_s: float = 1.0, recovery: Recovery | None = None
+                        ) -> AsyncIterator[SourceItem]:
     """Historical trades through the real ``tardis-client`` (one HTTP request per minute, cached).
 
     ``from_date``/``to_date`` are naive UTC ISO times. Lines are decoded here rather than by the
@@ -120,7 +123,7 @@ async def tardis_replay(feed: Feed, instruments: Sequence[Instrument], from_date
     """
     from tardis_client import Channel, TardisClient
 
-    stream = FrameStream(feed, instruments, stats)
+    stream = FrameStream(feed, instruments, stats, recovery=recovery)
     try:
         channel = feed.tardis_channel(from_date)
         endpoint = tardis_endpoint(endpoint)
@@ -199,7 +202,7 @@ async def _keepalive(connection: Any, keepalive: dict[str, Any], last_rx: list[f
 async def live_trades(feed: Feed, instruments: Sequence[Instrument], *, url: str | None = None,
                       backoff: Backoff = Backoff(), stats: SourceStats | None = None, open_timeout: float = 10.0,
                       give_up_after: int | None = None, notify: Notify = _quiet,
-                      keepalive_scale: float = 1.0) -> AsyncIterator[SourceItem]:
+                      keepalive_scale: float = 1.0, recovery: Recovery | None = None) -> AsyncIterator[SourceItem]:
     """Trades straight from the exchange's public WebSocket, reconnecting forever.
 
     Subscribes per ``venues.json`` and keeps the connection alive as the venue documents it
@@ -211,7 +214,7 @@ async def live_trades(feed: Feed, instruments: Sequence[Instrument], *, url: str
     import websockets
     from websockets.exceptions import InvalidHandshake, WebSocketException
 
-    stream = FrameStream(feed, instruments, stats)
+    stream = FrameStream(feed, instruments, stats, recovery=recovery)
     url = url or feed.ws_url
     natives = [i.native for i in instruments]
     failures, ever_connected, lost_at = 0, False, 0.0
@@ -276,18 +279,19 @@ async def live_with_fallback(live: AsyncIterator[SourceItem],
 
 
 async def file_items(path: str, stats: SourceStats | None = None, feed: Feed | None = None,
-                     instruments: Sequence[Instrument] = ()) -> AsyncIterator[SourceItem]:
+                     instruments: Sequence[Instrument] = (), recovery: Recovery | None = None
+                     ) -> AsyncIterator[SourceItem]:
     """Items of a trades file (``ingest.files.iter_file_items``): CSV and JSONL rows, or a
     recorded session of venue frames in Tardis' line format (needs the feed)."""
     stats = stats if stats is not None else SourceStats()
     streams: list[FrameStream] = []
 
     def make_stream() -> FrameStream:
-        streams.append(FrameStream(feed, instruments, stats))  # type: ignore[arg-type]
+        streams.append(FrameStream(feed, instruments, stats, recovery=recovery))  # type: ignore[arg-type]
         return streams[-1]
 
     for count, item in enumerate(iter_file_items(path, make_stream if feed is not None else None), start=1):
-        if not streams and not isinstance(item, Disconnect):  # rows: one message each
+        if not streams and isinstance(item, dict):  # rows: one message each
             stats.messages += 1
             stats.count([item])
         yield item
@@ -303,7 +307,7 @@ async def paced(source: AsyncIterator[SourceItem], speed: float,
     first_event_us: int | None = None
     started = time.monotonic()
     async for item in source:
-        if speed > 0 and not isinstance(item, Disconnect) and FIELD_TIMESTAMP in item:
+        if speed > 0 and isinstance(item, dict) and FIELD_TIMESTAMP in item:
             try:
                 event_us = parse_time_us(item[FIELD_TIMESTAMP])
             except (ValueError, TypeError, OverflowError):

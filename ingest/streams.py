@@ -5,19 +5,25 @@ Live WebSocket frames, Tardis.dev replay lines and a recorded session file all p
 (a venue resends recent trades after a resubscribe; Tardis recordings overlap across their own
 reconnects), and an interruption is bracketed by two markers per symbol: one at the last moment
 data was seen, one when data flows again. The pipeline flags the candles they fall in
-``is_partial``. The Node.js twin's ``src/streams.js`` follows the same rules.
+``is_partial``. On feeds with a trade sequence, a jump in it yields a ``Missing`` range before the
+trade that revealed it (``ingest.gaps``), which a ``Recovery`` attached to the stream may fetch
+again (``ingest.recover``). The Node.js twin's ``src/streams.js`` follows the same rules.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
+from ingest.gaps import GapTracker, Missing
 from ingest.message import FIELD_ERROR, FIELD_EXCHANGE, FIELD_ID, FIELD_NATIVE_SYMBOL, FIELD_SYMBOL, \
     FIELD_TIMESTAMP, iso_from_us, make_error_record
 from ingest.normalizers import FeedReader, Record
 from ingest.values import ValueRejected, time_us
 from ingest.venues import Feed, Instrument
+
+if TYPE_CHECKING:
+    from ingest.recover import Recovery
 
 TARDIS_STAMP_CHARS = 28  # local timestamps in Tardis lines: 2019-08-01T08:52:00.0324272Z
 DEDUP_CAPACITY = 100_000
@@ -37,7 +43,7 @@ class Disconnect:
         return {FIELD_EXCHANGE: self.exchange, FIELD_SYMBOL: self.symbol, FIELD_TIMESTAMP: iso_from_us(self.ts_us)}
 
 
-SourceItem = Union[Record, Disconnect]
+SourceItem = Union[Record, Disconnect, Missing]
 
 
 @dataclass
@@ -49,7 +55,14 @@ class SourceStats:
     duplicates: int = 0
     disconnects: int = 0
     reconnects: int = 0
+    missing_ranges: int = 0  # gaps in a venue's trade sequence
+    missing_trades: int = 0
+    recovered: int = 0  # trades of those ranges fetched again and published
     error_reasons: list[str] = field(default_factory=list)
+
+    def sequence_summary(self) -> str:
+        return (f"{self.missing_trades} trades known missing in {self.missing_ranges} ranges, "
+                f"{self.recovered} recovered")
 
     def count(self, records: Sequence[Record]) -> None:
         for record in records:
@@ -81,34 +94,69 @@ class TickDeduplicator:
 
 
 class FrameStream:
-    """Frames of one feed → deduplicated records, and markers around every interruption."""
+    """Frames of one feed → deduplicated records, markers around every interruption, and the
+    ranges a sequence jump reveals missing (handed to ``recovery`` when one is attached)."""
 
     def __init__(self, feed: Feed, instruments: Sequence[Instrument], stats: SourceStats | None = None,
-                 dedup_capacity: int = DEDUP_CAPACITY) -> None:
+                 dedup_capacity: int = DEDUP_CAPACITY, recovery: "Recovery | None" = None) -> None:
         self.feed = feed
         self.instruments = list(instruments)
         self.stats = stats if stats is not None else SourceStats()
         self.reader = FeedReader(feed)
         self.dedup = TickDeduplicator(dedup_capacity)
+        self.gaps = GapTracker() if feed.sequence else None
+        self.recovery = recovery
+        if recovery is not None:
+            recovery.stream = self
         self.last_us: int | None = None  # local time of the last frame
         self._interrupted = False
 
     def frame(self, frame: str | bytes, local_us: int) -> list[SourceItem]:
-        """One frame's items: resume markers first if the feed was interrupted, then its records."""
-        return self._emit(self.reader.read(frame, local_us), local_us)
+        """One frame's items: resume markers first if the feed was interrupted, then its records
+        (each preceded by the missing range it revealed, if any)."""
+        items = self._arrived(local_us)
+        for record, seq in self.reader.read_sequenced(frame, local_us):
+            if not self._first_time(record):
+                continue
+            self.stats.count([record])
+            gap = self.gaps.observe(record, record[FIELD_NATIVE_SYMBOL], seq) if self.gaps and seq is not None else None
+            if gap is not None:
+                self.stats.missing_ranges += 1
+                self.stats.missing_trades += gap.count
+                items.append(gap)
+                if self.recovery is not None:
+                    self.recovery.request(gap)
+            items.append(record)
+        return items
+
+    def recovered(self, gap: Missing, frame: str, local_us: int) -> list[Record]:
+        """The records of a frame fetched again for ``gap``: only trades still missing from it
+        (a trade seen live meanwhile is skipped), each with its ``fills`` mark."""
+        records = []
+        for record, seq in self.reader.read_sequenced(frame, local_us):
+            if FIELD_ERROR in record:
+                records.append(record)
+            elif seq is not None and self.gaps is not None and self.gaps.is_open(gap, seq) \
+                    and self._first_time(record):
+                self.gaps.observe(record, gap.native, seq)
+                records.append(record)
+        self.stats.count(records)
+        self.stats.recovered += sum(FIELD_ERROR not in r for r in records)
+        return records
 
     def unreadable(self, reason: str, raw: bytes, local_us: int) -> list[SourceItem]:
         """A frame that could not even be delivered to the reader (a bad Tardis line)."""
-        return self._emit([make_error_record(self.feed.exchange, f"{self.feed.exchange}: {reason}", raw, local_us)],
-                          local_us)
+        items = self._arrived(local_us)
+        record = make_error_record(self.feed.exchange, f"{self.feed.exchange}: {reason}", raw, local_us)
+        self.stats.count([record])
+        return items + [record]
 
-    def _emit(self, records: list[Record], local_us: int) -> list[SourceItem]:
+    def _arrived(self, local_us: int) -> list[SourceItem]:
+        """A frame arrived: the resume markers it brings if the feed was interrupted."""
         self.stats.messages += 1
-        items: list[SourceItem] = self.resumed(local_us) if self._interrupted else []
+        items: list[SourceItem] = list(self.resumed(local_us)) if self._interrupted else []
         self.last_us = local_us
-        records = [r for r in records if self._first_time(r)]
-        self.stats.count(records)
-        return items + records
+        return items
 
     def interrupted(self, at_us: int, reason: str) -> list[Disconnect]:
         """The feed was lost at ``at_us``: one marker per symbol. After an interruption a venue's

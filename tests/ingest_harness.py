@@ -245,7 +245,28 @@ class LoopbackExchange:
 # A loopback Tardis.dev API (HTTP)
 
 
-class LoopbackTardis:
+class LoopbackHttp:
+    """An HTTP server on 127.0.0.1 answering with ``handler`` in a thread, within a with block."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> "LoopbackHttp":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+class LoopbackTardis(LoopbackHttp):
     """``/v1/exchanges/<id>`` and ``/v1/data-feeds/<id>?from&offset&filters`` as Tardis.dev
     serves them (gzip bodies of data-feed lines); records every request."""
 
@@ -272,21 +293,7 @@ class LoopbackTardis:
                 return
 
         self.requests: list[dict[str, Any]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> "LoopbackTardis":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+        super().__init__(Handler)
 
 
 def send_body(handler: BaseHTTPRequestHandler, status: int, body: bytes, gzip_body: bool = False) -> None:

@@ -11,6 +11,7 @@ from typing import Any, AsyncIterator
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from ingest.gaps import Missing
 from ingest.sources import Backoff, LiveUnavailable, live_trades, live_with_fallback
 from ingest.streams import Disconnect, SourceItem, SourceStats, TickDeduplicator
 from ingest.venues import load
@@ -69,7 +70,7 @@ async def _take(source: AsyncIterator[SourceItem], ticks_wanted: int) -> list[So
     items: list[SourceItem] = []
     async for item in source:
         items.append(item)
-        if sum(not isinstance(i, Disconnect) for i in items) >= ticks_wanted:
+        if sum(isinstance(i, dict) for i in items) >= ticks_wanted:
             break
     await source.aclose()
     return items
@@ -127,9 +128,13 @@ def test_unreadable_frames_become_error_records_not_silence() -> None:
             return await _take(live_trades(feed, instruments, url=server.url, backoff=FAST, stats=stats), 6)
 
     items = _run(scenario())
-    assert [i.get("id") or i["_error"] for i in items] == [
+    records = [i for i in items if isinstance(i, dict)]
+    assert [i.get("id") or i["_error"] for i in records] == [
         "1", "binance: frame is not JSON", "binance: trade 0: 'p' is not a number: \"NaN-ish\"",
         "binance: trade 0: trade has no 'p'", "binance: frame is not UTF-8 text", "3"]
+    # Trade 2 could not be read: the jump from 1 to 3 reports it missing, just before trade 3.
+    gaps = [i for i in items if isinstance(i, Missing)]
+    assert [(g.from_seq, g.count) for g in gaps] == [(2, 1)] and items[-2] is gaps[0]
     assert stats.errors == 4  # "pong" is a keepalive answer, not an error
 
 

@@ -4,11 +4,11 @@
  * make it larger than `maxMessageBytes`, whichever comes first (as ingest/publisher.py).
  *
  * Records are serialized as they arrive, so a message's size is known exactly; a record larger
- * than the limit by itself travels as an error record instead. Disconnect markers travel in their
- * key's batch and flush it at once, so the pipeline learns of a gap without delay.
+ * than the limit by itself travels as an error record instead. Disconnect markers and missing ranges
+ * travel in their key's batch and flush it at once, so the pipeline learns of a gap without delay.
  */
 import { ERROR_SYMBOL, FIELD_ERROR, FIELD_EXCHANGE, FIELD_ID, FIELD_RAW, FIELD_SYMBOL, assemble, makeErrorRecord,
-  messageAttributes, recordTimeUs, serialize } from './message.js';
+  messageAttributes, rangeTimeUs, recordTimeUs, serialize } from './message.js';
 import { nowUs } from './sources/live.js';
 import { markerOf } from './streams.js';
 
@@ -17,8 +17,10 @@ export const DEFAULT_MAX_MESSAGE_BYTES = 1_000_000;
 export const MIN_MESSAGE_BYTES = 10_000;
 export const MAX_MESSAGE_BYTES = 9_000_000;
 const BATCH_OVERHEAD = '{"ticks":[]}'.length + ',"disconnects":[]'.length;
+const MISSING_OVERHEAD = ',"missing":[]'.length; // added to a batch's size with its first missing range
 const ERRORS_LOGGED = 20;
 
+const isEmpty = (bucket) => bucket.parts.length === 0 && bucket.markers.length === 0 && bucket.missing.length === 0;
 const text = (value) => (typeof value === 'string' ? value : ERROR_SYMBOL);
 
 /** The dedup id part of a one-tick message: a string or safe integer id (never a boolean). */
@@ -43,8 +45,8 @@ export class TickBatcher {
   bucket(key) {
     let bucket = this.existing(key);
     if (!bucket) {
-      bucket = { exchange: key[0], symbol: key[1], parts: [], markers: [], timesUs: [], size: BATCH_OVERHEAD,
-        singleId: undefined, timer: null };
+      bucket = { exchange: key[0], symbol: key[1], parts: [], markers: [], missing: [], timesUs: [],
+        size: BATCH_OVERHEAD, singleId: undefined, timer: null };
       this.pending.set(key.join('\u0000'), bucket);
     }
     if (bucket.timer === null && this.batchLatencyMs > 0) {
@@ -58,7 +60,7 @@ export class TickBatcher {
   }
 
   fits(bucket, part) {
-    return (bucket.parts.length === 0 && bucket.markers.length === 0) || bucket.size + part.length + 1 <= this.maxMessageBytes;
+    return isEmpty(bucket) || bucket.size + part.length + 1 <= this.maxMessageBytes;
   }
 
   track(promise) {
@@ -109,15 +111,31 @@ export class TickBatcher {
     await this.flush(key);
   }
 
+  /** A missing range (gaps.js Missing) in its key's batch, sent at once. */
+  async addMissing(gap) {
+    const key = [gap.exchange, gap.symbol];
+    const entry = gap.asEntry();
+    const part = serialize(entry);
+    let bucket = this.existing(key);
+    if (bucket && !this.fits(bucket, part)) await this.flush(key);
+    bucket = this.bucket(key);
+    if (bucket.missing.length === 0) bucket.size += MISSING_OVERHEAD;
+    bucket.missing.push(part);
+    bucket.timesUs.push(rangeTimeUs(entry));
+    bucket.size += part.length + 1;
+    await this.flush(key);
+  }
+
   async flush(key) {
     const id = key.join('\u0000');
     const bucket = this.pending.get(id);
     if (!bucket) return;
     this.pending.delete(id);
     clearTimeout(bucket.timer);
-    if (bucket.parts.length === 0 && bucket.markers.length === 0) return;
-    const data = Buffer.from(assemble(bucket.parts, bucket.markers), 'latin1');
-    const single = bucket.parts.length === 1 && bucket.markers.length === 0 ? bucket.singleId : undefined;
+    if (isEmpty(bucket)) return;
+    const data = Buffer.from(assemble(bucket.parts, bucket.markers, bucket.missing), 'latin1');
+    const single = bucket.parts.length === 1 && bucket.markers.length === 0 && bucket.missing.length === 0
+      ? bucket.singleId : undefined;
     const attributes = messageAttributes(data, bucket.exchange, bucket.symbol, bucket.parts.length, single,
       bucket.timesUs);
     await this.send({ data, attributes, records: bucket.parts.length });

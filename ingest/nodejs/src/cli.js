@@ -16,6 +16,7 @@ import { DEFAULT_MAX_BYTES_IN_FLIGHT, DEFAULT_MAX_MESSAGES_IN_FLIGHT, FileSinkCl
 import { ingest, liveWithFallback, paced } from './run.js';
 import { fileEvents } from './sources/file.js';
 import { liveEvents } from './sources/live.js';
+import { DEFAULT_RECOVER_TIMEOUT_S, Recovery, restBase, withRecovery } from './recover.js';
 import { replayEvents, tardisEndpoint } from './sources/replay.js';
 import { IngestStats } from './stats.js';
 import { FrameStream, SourceStats } from './streams.js';
@@ -46,6 +47,10 @@ const OPTIONS = {
   'max-bytes-in-flight': { type: 'string', default: String(DEFAULT_MAX_BYTES_IN_FLIGHT) },
   endpoint: { type: 'string', default: 'https://api.tardis.dev' },
   'ws-url': { type: 'string' },
+  recover: { type: 'boolean' },
+  'no-recover': { type: 'boolean' },
+  'recover-timeout': { type: 'string', default: String(DEFAULT_RECOVER_TIMEOUT_S) },
+  'recover-url': { type: 'string' },
   quiet: { type: 'boolean', default: false },
   'create-topic': { type: 'boolean', default: false },
   help: { type: 'boolean', short: 'h', default: false },
@@ -58,8 +63,14 @@ export const USAGE = `usage: mds-ingest [--exchange binance] [--symbol BTC-USDT[
   [--max-message-bytes ${DEFAULT_MAX_MESSAGE_BYTES}]
   [--max-messages-in-flight ${DEFAULT_MAX_MESSAGES_IN_FLIGHT}] [--max-bytes-in-flight ${DEFAULT_MAX_BYTES_IN_FLIGHT}]
   [--endpoint https://api.tardis.dev] [--ws-url WS_URL] [--quiet]
+  [--recover | --no-recover] [--recover-timeout ${DEFAULT_RECOVER_TIMEOUT_S}] [--recover-url URL]
 Symbols: user form (BTC-USDT, BTC-USD-PERP) or native, of one feed (ingest/contract/instruments.csv).
-Times without a zone are UTC.`;
+Times without a zone are UTC.
+Sequence gaps: on feeds whose trade ids are consecutive (binance, binance-futures, coinbase, deribit) a gap
+or a reconnect is reported as a 'missing' range; --recover (default: on with --live, off for files and
+replays) fetches those trades from the venue's public REST API and publishes them with a 'fills' mark;
+--recover-timeout SECONDS gives a range up that long after it was reported (it stays reported missing,
+the live feed goes on); --recover-url overrides the venue REST base URL (scheme://host).`;
 
 function number(name, text, { min, max = Infinity, integer = false }) {
   const value = Number(text);
@@ -103,10 +114,14 @@ export function parseOptions(argv, env = process.env) {
     maxBytesInFlight: number('max-bytes-in-flight', values['max-bytes-in-flight'], { min: 1, integer: true }),
     endpoint: tardisEndpoint(values.endpoint),
     wsUrl: values['ws-url'],
+    recover: values['no-recover'] ? false : values.recover,
+    recoverTimeoutS: number('recover-timeout', values['recover-timeout'], { min: Number.MIN_VALUE }),
+    recoverUrl: values['recover-url'] === undefined ? undefined : restBase(values['recover-url']),
     quiet: values.quiet,
     createTopic: values['create-topic'],
   };
   if (options.help) return options;
+  if (values.recover && values['no-recover']) throw new RangeError('--recover and --no-recover are exclusive');
   if (values.from !== undefined) options.from = utcText(values.from, '--from');
   if (values.to !== undefined) options.to = utcText(values.to, '--to');
   if (options.from && options.to && options.to <= options.from) throw new RangeError('--to must be after --from');
@@ -119,12 +134,30 @@ export function parseOptions(argv, env = process.env) {
   return Object.assign(options, { feed, instruments });
 }
 
+/** A Recovery when asked (--recover; by default with --live) and the feed has a sequence. */
+export function makeRecovery(options, { signal, log, notify }) {
+  const wanted = options.recover ?? options.live;
+  if (options.recover && !options.feed.sequence) {
+    log(`${options.feed.exchange} ${options.feed.name}: trade ids are not sequential, so missing trades cannot be `
+      + 'told or recovered (--recover ignored; disconnects are still marked)');
+  }
+  if (!wanted || !options.feed.sequence) return undefined;
+  return new Recovery(options.feed, { timeoutMs: options.recoverTimeoutS * 1000, baseUrl: options.recoverUrl,
+    notify, log, signal });
+}
+
 /** The event stream the options ask for; `fetchImpl` lets tests watch the replay's requests. */
 export function buildEvents(options, { signal, log, notify, stats, fetchImpl = fetch }) {
+  const recovery = makeRecovery(options, { signal, log, notify });
+  const events = frameEvents(options, { signal, log, notify, stats, fetchImpl, recovery });
+  return recovery ? withRecovery(events, recovery) : events;
+}
+
+function frameEvents(options, { signal, log, notify, stats, fetchImpl, recovery }) {
   const { feed, instruments } = options;
   if (options.source) {
-    return paced(fileEvents(options.source, { makeStream: () => new FrameStream(feed, instruments, stats) }),
-      options.speed, signal);
+    return paced(fileEvents(options.source, {
+      makeStream: () => new FrameStream(feed, instruments, stats, undefined, recovery) }), options.speed, signal);
   }
   const replay = () => {
     // Live fallback without --from/--to replays the same hour one day ago, as the Python worker does.
@@ -132,11 +165,11 @@ export function buildEvents(options, { signal, log, notify, stats, fetchImpl = f
     const from = options.from ?? isoFromUs(startUs).slice(0, 19);
     const to = options.to ?? isoFromUs(startUs + HOUR_US).slice(0, 19);
     return paced(replayEvents({ feed, instruments, from, to, apiKey: process.env.TARDIS_API_KEY ?? '',
-      endpoint: options.endpoint, stats, fetchImpl, log }), options.speed, signal);
+      endpoint: options.endpoint, stats, fetchImpl, log, recovery }), options.speed, signal);
   };
   if (!options.live) return replay();
   const live = liveEvents({ feed, instruments, url: options.wsUrl ?? feed.wsUrl, stats, notify, log, signal,
-    giveUpAfter: options.fallbackReplay ? 3 : undefined });
+    giveUpAfter: options.fallbackReplay ? 3 : undefined, recovery });
   return options.fallbackReplay ? liveWithFallback(live, replay, log) : live;
 }
 
@@ -201,7 +234,7 @@ export async function main(argv, { env = process.env, out = console.log, log = c
   for (const line of stats.summary()) (options.quiet ? log : out)(line);
   log(`  source: ${sourceStats.messages} messages, ${sourceStats.errors} unreadable (published as error records), `
     + `${sourceStats.duplicates} duplicates skipped, ${sourceStats.disconnects} disconnects, `
-    + `${sourceStats.reconnects} reconnects`);
+    + `${sourceStats.reconnects} reconnects; ${sourceStats.sequenceSummary()}`);
   if (failure) {
     log(`mds-ingest: ${failure.message}`);
     return 1;

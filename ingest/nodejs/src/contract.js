@@ -64,6 +64,7 @@ export class Feed {
     this.keepalive = spec.keepalive ?? {};
     this.tardis = spec.tardis;
     this.unlisted = spec.unlisted ?? null;
+    this.sequence = spec.sequence ?? null; // trade ids sequential per instrument: field and REST
   }
 
   /** The subscribe requests for these native symbols, as sent (compact JSON). */

@@ -41,6 +41,15 @@ export const EVENT_TIME_MAX_MS = 253_402_300_799_999;
 
 export const BATCH_KEY = 'ticks';
 export const DISCONNECTS_KEY = 'disconnects';
+export const MISSING_KEY = 'missing';
+export const FIELD_FILLS = 'fills'; // on a trade that fills a reported missing range: {from, to, fromSeq, seq}
+// A missing range ("missing" entry) and a fill mark (SPEC §2.1), as ingest/message.py names them.
+export const RANGE_FROM = 'from';
+export const RANGE_TO = 'to';
+export const RANGE_FROM_SEQ = 'fromSeq';
+export const RANGE_TO_SEQ = 'toSeq';
+export const RANGE_COUNT = 'count';
+export const FILL_SEQ = 'seq';
 
 const US_PER_S = 1_000_000;
 
@@ -126,12 +135,18 @@ export function recordTimeUs(record) {
   return undefined;
 }
 
-/** Message data from serialized records and markers: a lone record goes bare. */
-export function assemble(parts, markerParts) {
-  if (parts.length === 1 && markerParts.length === 0) return parts[0];
+/** Message data from serialized records, markers and missing ranges: a lone record goes bare. */
+export function assemble(parts, markerParts, missingParts = []) {
+  if (parts.length === 1 && markerParts.length === 0 && missingParts.length === 0) return parts[0];
   let text = `{"${BATCH_KEY}":[${parts.join(',')}]`;
   if (markerParts.length > 0) text += `,"${DISCONNECTS_KEY}":[${markerParts.join(',')}]`;
+  if (missingParts.length > 0) text += `,"${MISSING_KEY}":[${missingParts.join(',')}]`;
   return `${text}}`;
+}
+
+/** The event time a missing range contributes to its message's `ts`: its `from`. */
+export function rangeTimeUs(entry) {
+  return recordTimeUs({ [FIELD_TIMESTAMP]: entry[RANGE_FROM] });
 }
 
 /**
@@ -223,20 +238,22 @@ export function parseTimeUs(value) {
 }
 
 /**
- * Encode ticks (one, or a batch) and optional disconnect markers as Pub/Sub data + attributes.
+ * Encode ticks (one, or a batch), optional disconnect markers and missing ranges as Pub/Sub data
+ * + attributes (a range counts with its `from`).
  *
  * All ticks of a message should share exchange and symbol (the attributes describe them); the
  * `ts` attribute is the earliest event time so per-tick re-stamping never moves an element before
  * its input timestamp. Returns `{ data: Buffer, attributes }`.
  */
-export function encodeMessage(ticks, disconnects = []) {
-  if (ticks.length === 0 && disconnects.length === 0) {
-    throw new RangeError('a message needs at least one tick or disconnect marker');
+export function encodeMessage(ticks, disconnects = [], missing = []) {
+  if (ticks.length === 0 && disconnects.length === 0 && missing.length === 0) {
+    throw new RangeError('a message needs at least one tick, disconnect marker or missing range');
   }
-  const data = Buffer.from(assemble(ticks.map(serialize), disconnects.map(serialize)), 'utf8');
-  const first = ticks.length > 0 ? ticks[0] : disconnects[0];
-  const single = ticks.length === 1 && disconnects.length === 0;
+  const data = Buffer.from(assemble(ticks.map(serialize), disconnects.map(serialize), missing.map(serialize)), 'utf8');
+  const first = ticks.length > 0 ? ticks[0] : [...disconnects, ...missing][0];
+  const single = ticks.length === 1 && disconnects.length === 0 && missing.length === 0;
   const attributes = messageAttributes(data, String(first[FIELD_EXCHANGE]), String(first[FIELD_SYMBOL]), ticks.length,
-    single ? String(ticks[0][FIELD_ID]) : undefined, [...ticks, ...disconnects].map(recordTimeUs));
+    single ? String(ticks[0][FIELD_ID]) : undefined,
+    [...[...ticks, ...disconnects].map(recordTimeUs), ...missing.map(rangeTimeUs)]);
   return { data, attributes };
 }

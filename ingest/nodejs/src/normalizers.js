@@ -3,6 +3,7 @@
  * ingest/normalizers.py, check for check and reason for reason (see its docstring for the taker
  * side conventions and the units).
  */
+import { sequenceNumber } from './gaps.js';
 import { makeErrorRecord, makeTick } from './message.js';
 import { load } from './contract.js';
 import { SyntheticIds, ValueRejected, checkText, loadFrame, number, show, timeUs, tradeId } from './values.js';
@@ -25,7 +26,7 @@ const get = (record, key) => [key, isObject(record) && Object.hasOwn(record, key
 function trade(record, native, id, price, quantity, side, sideRule, time) {
   if (!isObject(record)) return new ValueRejected(`trade is not an object: ${typeName(record)}`);
   return { native: get(record, native), id: get(record, id), price: get(record, price),
-    quantity: get(record, quantity), side: [...get(record, side), sideRule], time: get(record, time) };
+    quantity: get(record, quantity), side: [...get(record, side), sideRule], time: get(record, time), venue: record };
 }
 
 function object(message) {
@@ -174,11 +175,19 @@ export class FeedReader {
 
   /** One WebSocket/Tardis frame (string, or bytes) → its records. */
   read(frame, localUs) {
+    return this.readSequenced(frame, localUs).map(([record]) => record);
+  }
+
+  /**
+   * A frame's records, each as [record, venue sequence number] (undefined for error records and on
+   * feeds without a sequence): what gaps.js tracks.
+   */
+  readSequenced(frame, localUs) {
     if (typeof frame !== 'string') {
       try {
         frame = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(frame);
       } catch {
-        return [this.error('frame is not UTF-8 text', frame, localUs)];
+        return [[this.error('frame is not UTF-8 text', frame, localUs), undefined]];
       }
     }
     if (KEEPALIVE_TEXT.has(pythonStrip(frame))) return [];
@@ -187,15 +196,18 @@ export class FeedReader {
       trades = this.readVenue(loadFrame(frame), this.snapshots);
     } catch (error) {
       if (!(error instanceof ValueRejected)) throw error;
-      return [this.error(error.message, frame, localUs)];
+      return [[this.error(error.message, frame, localUs), undefined]];
     }
+    const sequenceKey = this.feed.sequence?.field;
     return trades.map((entry, index) => {
       try {
         if (entry instanceof ValueRejected) throw entry;
-        return this.tick(entry, localUs);
+        const seq = sequenceKey === undefined ? undefined
+          : sequenceNumber(Object.hasOwn(entry.venue, sequenceKey) ? entry.venue[sequenceKey] : undefined);
+        return [this.tick(entry, localUs), seq];
       } catch (error) {
         if (!(error instanceof ValueRejected)) throw error;
-        return this.error(`trade ${index}: ${error.message}`, frame, localUs);
+        return [this.error(`trade ${index}: ${error.message}`, frame, localUs), undefined];
       }
     });
   }

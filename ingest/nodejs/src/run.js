@@ -107,6 +107,7 @@ export async function ingest({ events, batcher, signal, screen, clockMs = 250 })
     for await (const event of untilAborted(events, signal, () => { ended = true; })) {
       if (event.kind === 'record') await batcher.add(event.record);
       else if (event.kind === 'disconnect') await batcher.addDisconnect(event);
+      else if (event.kind === 'missing') await batcher.addMissing(event);
     }
   } finally {
     clearInterval(clock);

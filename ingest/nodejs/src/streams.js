@@ -2,10 +2,13 @@
  * A venue's frame stream → records and disconnect markers, the same for every frame source (live
  * WebSocket, Tardis.dev replay, recorded session file): the twin of ingest/streams.py. Frames go
  * through the feed's FeedReader, trades seen before are dropped, and an interruption is bracketed
- * by two markers per symbol: at the last moment data was seen, and when data flows again.
+ * by two markers per symbol: at the last moment data was seen, and when data flows again. On feeds
+ * with a trade sequence, a jump yields a `missing` event before the trade that revealed it
+ * (gaps.js), which a Recovery attached to the stream may fetch again (recover.js).
  */
 import { FIELD_ERROR, FIELD_EXCHANGE, FIELD_ID, FIELD_NATIVE_SYMBOL, FIELD_SYMBOL, FIELD_TIMESTAMP, isoFromUs,
   makeErrorRecord } from './message.js';
+import { GapTracker } from './gaps.js';
 import { FeedReader } from './normalizers.js';
 import { ValueRejected, timeUs } from './values.js';
 
@@ -20,7 +23,12 @@ export function markerOf(event) {
 /** What a source saw besides ticks: all of it is reported, none of it silently dropped. */
 export class SourceStats {
   constructor() {
-    Object.assign(this, { messages: 0, errors: 0, duplicates: 0, disconnects: 0, reconnects: 0 });
+    Object.assign(this, { messages: 0, errors: 0, duplicates: 0, disconnects: 0, reconnects: 0, missingRanges: 0,
+      missingTrades: 0, recovered: 0 });
+  }
+
+  sequenceSummary() {
+    return `${this.missingTrades} trades known missing in ${this.missingRanges} ranges, ${this.recovered} recovered`;
   }
 
   count(records) {
@@ -48,35 +56,78 @@ export class TickDeduplicator {
   }
 }
 
-/** Frames of one feed → deduplicated record events, and marker events around every interruption. */
+/**
+ * Frames of one feed → deduplicated record events, marker events around every interruption, and
+ * the ranges a sequence jump reveals missing (handed to `recovery` when one is attached).
+ */
 export class FrameStream {
-  constructor(feed, instruments, stats = new SourceStats(), dedupCapacity = DEDUP_CAPACITY) {
+  constructor(feed, instruments, stats = new SourceStats(), dedupCapacity = DEDUP_CAPACITY, recovery = undefined) {
     this.feed = feed;
     this.instruments = instruments;
     this.stats = stats;
     this.reader = new FeedReader(feed);
     this.dedup = new TickDeduplicator(dedupCapacity);
+    this.gaps = feed.sequence ? new GapTracker() : undefined;
+    this.recovery = recovery;
+    if (recovery) recovery.stream = this;
     this.lastUs = undefined;
     this.isInterrupted = false;
   }
 
-  /** One frame's events: resume markers first if the feed was interrupted, then its records. */
+  /**
+   * One frame's events: resume markers first if the feed was interrupted, then its records (each
+   * preceded by the missing range it revealed, if any).
+   */
   frame(frame, localUs) {
-    return this.emit(this.reader.read(frame, localUs), localUs);
+    const events = this.arrived(localUs);
+    for (const [record, seq] of this.reader.readSequenced(frame, localUs)) {
+      if (!this.firstTimeRecord(record)) continue;
+      this.stats.count([record]);
+      const gap = this.gaps && seq !== undefined ? this.gaps.observe(record, record[FIELD_NATIVE_SYMBOL], seq)
+        : undefined;
+      if (gap !== undefined) {
+        this.stats.missingRanges += 1;
+        this.stats.missingTrades += gap.count;
+        events.push(gap);
+        this.recovery?.request(gap);
+      }
+      events.push({ kind: 'record', record });
+    }
+    return events;
+  }
+
+  /**
+   * The records of a frame fetched again for `gap`: only trades still missing from it (a trade
+   * seen live meanwhile is skipped), each with its `fills` mark.
+   */
+  recovered(gap, frame, localUs) {
+    const records = [];
+    for (const [record, seq] of this.reader.readSequenced(frame, localUs)) {
+      if (FIELD_ERROR in record) records.push(record);
+      else if (seq !== undefined && this.gaps?.isOpen(gap, seq) && this.firstTimeRecord(record)) {
+        this.gaps.observe(record, gap.native, seq);
+        records.push(record);
+      }
+    }
+    this.stats.count(records);
+    this.stats.recovered += records.filter((record) => !(FIELD_ERROR in record)).length;
+    return records;
   }
 
   /** A frame that could not even be delivered to the reader (a bad Tardis line). */
   unreadable(reason, raw, localUs) {
-    return this.emit([makeErrorRecord(this.feed.exchange, `${this.feed.exchange}: ${reason}`, raw, localUs)], localUs);
+    const events = this.arrived(localUs);
+    const record = makeErrorRecord(this.feed.exchange, `${this.feed.exchange}: ${reason}`, raw, localUs);
+    this.stats.count([record]);
+    events.push({ kind: 'record', record });
+    return events;
   }
 
-  emit(records, localUs) {
+  /** A frame arrived: the resume markers it brings if the feed was interrupted. */
+  arrived(localUs) {
     this.stats.messages += 1;
     const events = this.isInterrupted ? this.resumed(localUs) : [];
     this.lastUs = localUs;
-    const fresh = records.filter((record) => this.firstTimeRecord(record));
-    this.stats.count(fresh);
-    for (const record of fresh) events.push({ kind: 'record', record });
     return events;
   }
 

@@ -9,8 +9,10 @@ import { basename } from 'node:path';
 import { createGunzip } from 'node:zlib';
 
 import { load, splitNative } from '../contract.js';
-import { BATCH_KEY, DISCONNECTS_KEY, ERROR_SYMBOL, FIELD_AMOUNT, FIELD_ERROR, FIELD_EXCHANGE, FIELD_INSTRUMENT_KIND,
-  FIELD_SYMBOL, FIELD_TIMESTAMP, FIELD_VENUE_AMOUNT, makeErrorRecord, makeTick } from '../message.js';
+import { canonicalFills, missingFromEntry } from '../gaps.js';
+import { BATCH_KEY, DISCONNECTS_KEY, ERROR_SYMBOL, FIELD_AMOUNT, FIELD_ERROR, FIELD_EXCHANGE, FIELD_FILLS,
+  FIELD_INSTRUMENT_KIND, FIELD_SYMBOL, FIELD_TIMESTAMP, FIELD_VENUE_AMOUNT, MISSING_KEY, makeErrorRecord,
+  makeTick } from '../message.js';
 import { pythonStrip } from '../normalizers.js';
 import { lineEvents } from '../streams.js';
 import { SyntheticIds, ValueRejected, loadFrame, number, show, timeUs } from '../values.js';
@@ -173,6 +175,7 @@ export function canonicalRecord(record) {
   }
   const out = {};
   for (const key of RECORD_FIELDS) if (Object.hasOwn(record, key)) out[key] = canonicalScalar(key, record[key]);
+  if (Object.hasOwn(record, FIELD_FILLS)) out[FIELD_FILLS] = canonicalFills(record[FIELD_FILLS]);
   return out;
 }
 
@@ -193,7 +196,7 @@ function pythonFalsy(value) {
   return typeof value === 'object' && Object.keys(value).length === 0;
 }
 
-/** One JSONL line → record events, then disconnect events. */
+/** One JSONL line → record events, then disconnect events, then missing ranges. */
 export function jsonlEvents(line) {
   const error = (reason) => ({ kind: 'record', record: makeErrorRecord(ERROR_SYMBOL, reason, line, nowUs()) });
   let message;
@@ -221,6 +224,16 @@ export function jsonlEvents(line) {
       const canonical = canonicalMarker(marker);
       events.push({ kind: 'disconnect', exchange: canonical.exchange, symbol: canonical.symbol,
         tsUs: timeUs(canonical.timestamp, 'marker timestamp') });
+    } catch (rejected) {
+      if (!(rejected instanceof ValueRejected)) throw rejected;
+      events.push(error(rejected.message));
+    }
+  }
+  const ranges = batch && !pythonFalsy(message[MISSING_KEY]) ? message[MISSING_KEY] : [];
+  if (!Array.isArray(ranges)) return [...events, error('missing must be an array')];
+  for (const entry of ranges) {
+    try {
+      events.push(missingFromEntry(entry));
     } catch (rejected) {
       if (!(rejected instanceof ValueRejected)) throw rejected;
       events.push(error(rejected.message));

@@ -123,8 +123,8 @@ function keepaliveTimer(socket, keepalive, lastRx, scale) {
  */
 export async function* liveEvents({ feed, instruments, url = feed.wsUrl, stats = new SourceStats(),
   openTimeoutMs = 10_000, giveUpAfter, notify = () => {}, log = () => {}, keepaliveScale = 1, backoff = {},
-  signal }) {
-  const stream = new FrameStream(feed, instruments, stats);
+  signal, recovery }) {
+  const stream = new FrameStream(feed, instruments, stats, undefined, recovery);
   const natives = instruments.map((i) => i.native);
   const symbols = instruments.map((i) => i.symbol).join(',');
   let failures = 0;

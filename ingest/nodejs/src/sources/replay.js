@@ -133,8 +133,9 @@ export function sliceWindow(from, to) {
  * requests; the key never appears in an error.
  */
 export async function* replayEvents({ feed, instruments, from, to, apiKey = '', endpoint = 'https://api.tardis.dev',
-  stats = new SourceStats(), fetchImpl = fetch, log = () => {}, preflightRetryMs = 1000, timeoutMs = 60_000 }) {
-  const stream = new FrameStream(feed, instruments, stats);
+  stats = new SourceStats(), fetchImpl = fetch, log = () => {}, preflightRetryMs = 1000, timeoutMs = 60_000,
+  recovery }) {
+  const stream = new FrameStream(feed, instruments, stats, undefined, recovery);
   try {
     const channel = feed.tardisChannel(from);
     const base = tardisEndpoint(endpoint);
