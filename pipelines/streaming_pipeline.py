@@ -25,6 +25,7 @@ from transforms.bigquery import ensure_tables, ensure_views, make_client, split_
 from transforms.bigquery_sink import STORAGE_WRITE_API, WriteRowsToBigQuery
 from transforms.bounded import CountPerDaySymbolFn, KeepRangeFn
 from transforms.bounded_candles import BoundedCandles
+from transforms.candle_series import CandleSeries
 from transforms.candles import CandlesFromTicks, parse_timeframes
 from transforms.checkpoint import WriteCheckpointFn, read_checkpoints
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
@@ -109,13 +110,13 @@ class MarketData(beam.PTransform):
                              f"not in --timeframes")
         with_candles = opts.mode in ("candles", "both")
         lateness = opts.allowed_lateness_seconds + LATENESS_MARGIN_SECONDS
-        sequencer = SequenceCandlesFn(dict(timeframes), feature_timeframes, opts.gap_candles,
-                                      opts.idle_timeout_seconds, lateness, self._bounded,
-                                      self._job_start_us, self._end_us)
+        series = CandleSeries(dict(timeframes), feature_timeframes, opts.gap_candles,
+                              opts.idle_timeout_seconds, lateness, self._bounded,
+                              self._job_start_us, self._end_us)
         candles = None
         if self._bounded:  # all ticks at hand: hour groups, no per-bucket state (bounded_candles)
             bounded = keyed | "BoundedCandles" >> BoundedCandles(
-                timeframes if with_candles else [], sequencer, feature_timeframes,
+                timeframes if with_candles else [], series, feature_timeframes,
                 checkpoints=bool(opts.checkpoint_dir) and with_candles)
             unique = bounded.ticks
             candles = bounded.candles if with_candles else None
@@ -130,7 +131,7 @@ class MarketData(beam.PTransform):
             if with_candles:
                 panes = unique | "Candles" >> CandlesFromTicks(timeframes, lateness,
                                                                opts.early_firing_seconds)
-                sequenced = panes.candles | "SequenceCandles" >> SequenceCandles(sequencer, [
+                sequenced = panes.candles | "SequenceCandles" >> SequenceCandles(SequenceCandlesFn(series), [
                     (key, checkpoint.state) for key, checkpoint in
                     (read_checkpoints(opts.checkpoint_dir) if opts.checkpoint_dir else [])])
                 candles = sequenced.rows

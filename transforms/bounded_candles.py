@@ -11,8 +11,8 @@ mode) dwarfs the arithmetic. So here ticks are grouped by (exchange, symbol, UTC
    streaming CombineFn (``summarize_batch``/``merge_into``), and emits every candle that lies in
    the hour (timeframes dividing 1h) as one list per series, and accumulators of longer windows
    (4h, 24h) for a ``CombinePerKey`` across hours;
-3. ``SequenceGroupedFn`` gets each whole series at once (``GroupByKey``) and runs the sequencer's
-   own end-of-input flush on it (gaps, partial flags, vectorised features), without state calls,
+3. ``SequenceGroupedFn`` gets each whole series at once (``GroupByKey``) and runs ``CandleSeries``'
+   end-of-input flush on it (gaps, partial flags, vectorised features), without state calls,
    and optionally the series checkpoint a stream continues from (transforms.checkpoint).
 
 The results equal what one element per bucket gives (same functions, same order-free merges).
@@ -33,11 +33,12 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.candles import (MARKERS, PARTIAL, SPAN, CandleCombineFn, CandleFromKeyFn, batch_fragments,
                                 candle_row, candle_values, empty_accumulator, merge_into, summarize_batch)
+from transforms.candle_series import CandleSeries
 from transforms.completeness import window_starts
 from transforms.checkpoint import checkpoint_of_series
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.global_flatten import GlobalFlatten
-from transforms.sequencer import SequenceCandlesFn
+from transforms.sequencer import drain
 from transforms.ticks import BUCKET_US, MarketKey, TickBatch
 
 HOUR_US = 3_600_000_000
@@ -207,49 +208,16 @@ def _windows_from_this_hour(span: tuple[int, int], length_us: int, hour: int) ->
             if max(span[0], start) // HOUR_US == hour]
 
 
-class _Bag:
-    """A bag state cell in memory: the sequencer's flush, run on a whole grouped series."""
-
-    def __init__(self, items: Iterable[Any] = ()) -> None:
-        self._items = list(items)
-
-    def read(self) -> list[Any]:
-        return self._items
-
-    def add(self, item: Any) -> None:
-        self._items.append(item)
-
-    def clear(self) -> None:
-        self._items = []
-
-
-class _Cell:
-    """A value state cell (or a timer, whose ``set`` a bounded flush never needs) in memory."""
-
-    def __init__(self) -> None:
-        self._value: Any = None
-
-    def read(self) -> Any:
-        return self._value
-
-    def write(self, value: Any) -> None:
-        self._value = value
-
-    def clear(self) -> None:
-        self._value = None
-
-    def set(self, _: Any) -> None:
-        pass
-
-
 class SequenceGroupedFn(beam.DoFn):
     """((exchange, symbol, timeframe), candle lists) → the ordered rows with gaps and features:
-    exactly the end-of-input flush of ``SequenceCandlesFn`` (bounded), on the whole series. With
+    the end-of-input flush of a bounded ``CandleSeries``, on the whole series. With
     ``checkpoints``, also the last series' checkpoint (``CHECKPOINTS_TAG``) for a stream to go on."""
 
-    def __init__(self, sequencer: SequenceCandlesFn, timeframes: list[tuple[str, int]],
+    def __init__(self, series: CandleSeries, timeframes: list[tuple[str, int]],
                  feature_timeframes: set[str], checkpoints: bool) -> None:
-        self._sequencer = sequencer
+        if not series.bounded:
+            raise ValueError("a stream sequences its candles as they come (sequencer.SequenceCandlesFn)")
+        self._series = series
         self._seconds = dict(timeframes)
         self._feature_timeframes = feature_timeframes
         self._checkpoints = checkpoints
@@ -258,17 +226,16 @@ class SequenceGroupedFn(beam.DoFn):
     def process(self, element: tuple[tuple[str, str, str], Iterable[list[dict[str, Any]]]]
                 ) -> Iterator[Any]:
         key, blocks = element
-        pending = _Bag(candle for block in blocks for candle in block)
-        series = self._sequencer.flush_series(pending, _Cell(), _Cell(), _Cell())
+        series = self._series.flush(candle for block in blocks for candle in block)
         for rows in series:
             yield from rows
-        yield from self._sequencer.flush_failures()
+        yield from drain(self._series)
         if self._checkpoints and series[-1]:
             timeframe = key[2]
             seconds = self._seconds[timeframe]
             checkpoint = checkpoint_of_series(
                 key, series[-1], seconds, timeframe in self._feature_timeframes,
-                self._sequencer.history_limit(seconds * 1_000_000))
+                self._series.history_limit(seconds * 1_000_000))
             yield beam.pvalue.TaggedOutput(CHECKPOINTS_TAG, checkpoint)
 
 
@@ -282,11 +249,11 @@ class BoundedOutputs(NamedTuple):
 class BoundedCandles(beam.PTransform):
     """Parsed ((exchange, symbol), TickBatch) of a bounded input → ``BoundedOutputs``."""
 
-    def __init__(self, timeframes: list[tuple[str, int]], sequencer: SequenceCandlesFn,
+    def __init__(self, timeframes: list[tuple[str, int]], series: CandleSeries,
                  feature_timeframes: set[str], checkpoints: bool = False) -> None:
         super().__init__()
         self._timeframes = timeframes
-        self._sequencer = sequencer
+        self._series = series
         self._feature_timeframes = feature_timeframes
         self._checkpoints = checkpoints
 
@@ -309,7 +276,7 @@ class BoundedCandles(beam.PTransform):
                 lambda block: ((block[0]["exchange"], block[0]["symbol"], block[0]["timeframe"]), block))
             | "GroupSeries" >> beam.GroupByKey()
             | "Sequence" >> beam.ParDo(SequenceGroupedFn(
-                self._sequencer, self._timeframes, self._feature_timeframes, self._checkpoints)
+                self._series, self._timeframes, self._feature_timeframes, self._checkpoints)
             ).with_outputs(CHECKPOINTS_TAG, DEAD_LETTER_TAG, main="candles"))
         dead = ((regrouped[DEAD_LETTER_TAG], hours[DEAD_LETTER_TAG], labelled[DEAD_LETTER_TAG],
                  candles[DEAD_LETTER_TAG]) | "Failures" >> GlobalFlatten())

@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.feature_state import FeatureState, initial_state, step
-from transforms.sequencer import SeriesEntry, SeriesState
+from transforms.candle_series import SeriesEntry, SeriesState
 
 FILE_SUFFIX = ".series.json"
 VERSION = 1
