@@ -38,7 +38,7 @@ from transforms.checkpoint import checkpoint_of_series
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.global_flatten import GlobalFlatten
 from transforms.sequencer import SequenceCandlesFn
-from transforms.ticks import BUCKET_US, MarketKey, TickBatch
+from transforms.tick_batch import BUCKET_US, MarketKey, TickBatch
 
 HOUR_US = 3_600_000_000
 BUCKETS_PER_HOUR = HOUR_US // BUCKET_US

@@ -21,7 +21,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 from transforms import completeness, exact
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.global_flatten import GlobalFlatten
-from transforms.ticks import BUCKET_US, TickBatch, is_canonical_number
+from transforms.tick_batch import BUCKET_US, TickBatch, is_canonical_number
 
 PANE_INDEX = "pane_index"
 # Not an output column either: a disconnect marker of the window that no missing range covers
