@@ -37,7 +37,8 @@ from transforms.sinks import (FinalizeRowsFn, PrintCandlesFn, WriteJsonLines, Wr
 from transforms.storage_write import storage_emulator_host
 from transforms.storage_write_sink import PendingStreams
 from transforms.tick_guard import GuardTicks
-from transforms.ticks import MarketKey, ParseTicks, TickBatch, tick_rows
+from transforms.tick_batch import MarketKey, TickBatch, tick_rows
+from transforms.ticks import ParseTicks
 
 # Downstream windows keep this much more lateness than the tick guard, so a tick the guard lets
 # through is never dropped by a window that closed a moment earlier.

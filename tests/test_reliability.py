@@ -42,7 +42,8 @@ from tests.reliability_helpers import (CANDLE_COLUMNS, PersistentBigQueryEmulato
                                        replay_reference_candles, wait_until)
 from transforms.bigquery import make_client
 from transforms.dead_letter import DEAD_LETTER_TAG
-from transforms.ticks import ParseTicksFn, TickBatch, parse_records
+from transforms.tick_batch import TickBatch
+from transforms.ticks import ParseTicksFn, parse_records
 
 pytestmark = pytest.mark.timeout(240)
 

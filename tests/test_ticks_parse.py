@@ -10,7 +10,8 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from ingest.message import encode_message
 from tests.pipeline_helpers import T0_US, tick
 from transforms.dead_letter import DEAD_LETTER_TAG
-from transforms.ticks import BUCKET_US, ParseTicksFn, parse_records
+from transforms.tick_batch import BUCKET_US
+from transforms.ticks import ParseTicksFn, parse_records
 
 NOW_US = T0_US + 3600 * 1_000_000
 
@@ -160,7 +161,7 @@ def test_bad_ts_attribute_dead_letters_each_tick():
 
 
 def test_trade_id_keys_are_exact_for_numeric_ids_and_never_mix_kinds() -> None:
-    from transforms.ticks import trade_id_keys
+    from transforms.tick_batch import trade_id_keys
 
     keys = trade_id_keys(["0", "42", "9223372036854775", "042", "+42", " 42", "٤٢",
                           "3f2a-uuid", "3f2a-uuid", "99999999999999999999"])
@@ -201,7 +202,7 @@ def test_columnar_trade_id_keys_equal_the_per_id_ones() -> None:
     import pyarrow as pa
 
     from transforms.tick_columns import trade_id_keys_column
-    from transforms.ticks import trade_id_keys
+    from transforms.tick_batch import trade_id_keys
 
     ids = ["0", "42", "9223372036854775", "999999999999999999", "1000000000000000000", "042",
            "+42", " 42", "٤٢", "-1", "1e5", "12a", "3f2a-uuid", "3f2a-uuid", "99999999999999999999"]
@@ -213,7 +214,7 @@ def test_columnar_batches_carry_their_dedup_keys_through_take() -> None:
 
     from ingest.files import TARDIS_HEADER
     from transforms.tick_columns import parse_columns
-    from transforms.ticks import trade_id_keys
+    from transforms.tick_batch import trade_id_keys
 
     rows = [["binance", "BTCUSDT", str(T0_US + i), str(T0_US + i), trade_id, "buy", "100", "1"]
             for i, trade_id in enumerate(["7", "x-1", "9"])]

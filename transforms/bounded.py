@@ -19,7 +19,7 @@ from apache_beam.metrics import Metrics
 
 from ingest import message as wire
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter, dead_letter_on_error
-from transforms.ticks import TickBatch
+from transforms.tick_batch import TickBatch
 
 SUMMARY_NAMESPACE = "summary"
 STAGE_OUT_OF_RANGE = "out_of_range"

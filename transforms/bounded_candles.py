@@ -31,15 +31,15 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.candles import (MARKERS, PARTIAL, SPAN, CandleCombineFn, CandleFromKeyFn, batch_fragments,
-                                candle_row, candle_values, empty_accumulator, merge_into, summarize_batch)
 from transforms.candle_series import CandleSeries
+from transforms.candles import (CandleAccumulator, CandleCombineFn, CandleFromKeyFn, batch_fragments, candle_row,
+                                candle_values, merge_into, summarize_batch)
 from transforms.completeness import window_starts
 from transforms.checkpoint import checkpoint_of_series
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.global_flatten import GlobalFlatten
 from transforms.sequencer import drain
-from transforms.ticks import BUCKET_US, MarketKey, TickBatch
+from transforms.tick_batch import BUCKET_US, MarketKey, TickBatch
 
 HOUR_US = 3_600_000_000
 BUCKETS_PER_HOUR = HOUR_US // BUCKET_US
@@ -51,7 +51,7 @@ STAGE_BOUNDED = "bounded_candles"
 
 # Ticks of an hour, the disconnect marker times of each of its buckets, and the fragments of
 # facts about missing ranges whose span touches the hour.
-HourGroup = tuple[TickBatch, dict[int, tuple[int, ...]], list[list[Any]]]
+HourGroup = tuple[TickBatch, dict[int, tuple[int, ...]], list[CandleAccumulator]]
 
 
 def concat_batches(batches: list[TickBatch], bucket: int) -> TickBatch:
@@ -85,7 +85,7 @@ class _Hour:
 
     def __init__(self) -> None:
         self.batches: list[TickBatch] = []
-        self.fragments: list[list[Any]] = []
+        self.fragments: list[CandleAccumulator] = []
 
 
 class RegroupByHourFn(beam.DoFn):
@@ -101,7 +101,7 @@ class RegroupByHourFn(beam.DoFn):
         (exchange, symbol), batch = element
         self._buffer.setdefault((exchange, symbol, batch.bucket // BUCKETS_PER_HOUR), _Hour()).batches.append(batch)
         for fragment in batch_fragments(batch):  # facts of every copy: they merge idempotently
-            from_us, to_us = fragment[SPAN]
+            from_us, to_us = fragment.span
             for hour in range(from_us // HOUR_US, to_us // HOUR_US + 1):
                 self._buffer.setdefault((exchange, symbol, hour), _Hour()).fragments.append(fragment)
         self._ticks += len(batch)
@@ -163,13 +163,13 @@ class HourCandlesFn(beam.DoFn):
         summaries = self._bucket_summaries(batch, markers)
         for label, seconds in self._timeframes:
             length_us = seconds * 1_000_000
-            windows: dict[int, list[Any]] = {}
+            windows: dict[int, CandleAccumulator] = {}
             for bucket, summary in summaries:
                 start = bucket * BUCKET_US - bucket * BUCKET_US % length_us
-                merge_into(windows.setdefault(start, empty_accumulator()), summary)
+                merge_into(windows.setdefault(start, CandleAccumulator()), summary)
             for fragment in fragments:
-                for start in _windows_from_this_hour(fragment[SPAN], length_us, hour):
-                    merge_into(windows.setdefault(start, empty_accumulator()), fragment)
+                for start in _windows_from_this_hour(fragment.span, length_us, hour):
+                    merge_into(windows.setdefault(start, CandleAccumulator()), fragment)
             if HOUR_US % length_us:  # the window reaches past the hour: combined across hours
                 for start, acc in windows.items():
                     yield beam.pvalue.TaggedOutput(PARTIALS_TAG, ((exchange, symbol, label, start), acc))
@@ -179,7 +179,7 @@ class HourCandlesFn(beam.DoFn):
                     for start, acc in sorted(windows.items())])
 
     @staticmethod
-    def _bucket_summaries(batch: TickBatch, markers: dict[int, set[int]]) -> list[tuple[int, list[Any]]]:
+    def _bucket_summaries(batch: TickBatch, markers: dict[int, set[int]]) -> list[tuple[int, CandleAccumulator]]:
         """(bucket, accumulator) of every 15 s bucket with ticks or a disconnect marker."""
         summaries = []
         if len(batch):
@@ -189,15 +189,12 @@ class HourCandlesFn(beam.DoFn):
             for start, end in zip(bounds, bounds[1:]):
                 bucket = int(buckets[start])
                 summary = summarize_batch(take_index(ordered, slice(start, end)))
-                summary[PARTIAL] = bucket in markers
-                summary[MARKERS] = tuple(sorted(markers.get(bucket, ())))
+                summary.is_partial = bucket in markers
+                summary.markers = tuple(sorted(markers.get(bucket, ())))
                 summaries.append((bucket, summary))
         with_ticks = {bucket for bucket, _ in summaries}
         for bucket in sorted(set(markers) - with_ticks):  # a marker alone still flags its candles
-            marker = empty_accumulator()
-            marker[PARTIAL] = True
-            marker[MARKERS] = tuple(sorted(markers[bucket]))
-            summaries.append((bucket, marker))
+            summaries.append((bucket, CandleAccumulator(is_partial=True, markers=tuple(sorted(markers[bucket])))))
         return summaries
 
 

@@ -8,6 +8,7 @@ smallest and largest (timestamp, id), so arrival order never changes a candle.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any, Iterable, Iterator, NamedTuple, Optional
 
@@ -20,7 +21,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 from transforms import completeness, exact
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.global_flatten import GlobalFlatten
-from transforms.ticks import BUCKET_US, TickBatch, is_canonical_number
+from transforms.tick_batch import BUCKET_US, TickBatch, is_canonical_number
 
 PANE_INDEX = "pane_index"
 # Not an output column either: a disconnect marker of the window that no missing range covers
@@ -68,14 +69,6 @@ def id_order_key(trade_id: str) -> tuple[int, int, str]:
     return (0, int(trade_id), "") if is_canonical_number(trade_id) else (1, 0, trade_id)
 
 
-# Accumulator layout (a list: cheap to pickle, merge and shuffle between workers). The volume
-# sums are exact integers (transforms.exact) at AMOUNT_DECIMALS, quote volume at QUOTE_DECIMALS.
-# MARKERS holds the disconnect marker times, MISSING the facts about missing ranges
-# (transforms.completeness), SPAN the span a fragment of those facts covers (None for ticks).
-(OPEN_KEY, OPEN_PRICE, OPEN_ID, CLOSE_KEY, CLOSE_PRICE, CLOSE_ID, HIGH, LOW, VOLUME, QUOTE_VOLUME,
- TRADES, BUY_VOLUME, SELL_VOLUME, BUY_TRADES, SELL_TRADES, PARTIAL, NATIVE_SYMBOL, AMOUNT_DECIMALS,
- QUOTE_DECIMALS, MARKERS, MISSING, SPAN) = range(22)
-_AMOUNT_SUMS = (VOLUME, BUY_VOLUME, SELL_VOLUME)
 # (amount, price) decimals each market needed so far in this process: the first guess for its
 # next batch, so the fixed-point conversion costs one pass (see exact.to_fixed). A hint only
 # changes the scale of the integers, never a sum's value, so a worker's history cannot change
@@ -83,98 +76,153 @@ _AMOUNT_SUMS = (VOLUME, BUY_VOLUME, SELL_VOLUME)
 _DECIMALS_SEEN: dict[tuple[str, str], tuple[int, int]] = {}
 
 
-def _extreme_tick(batch: TickBatch, ts_us: int, pick_last: bool) -> tuple[tuple, float, str]:
+class EdgeTrade(NamedTuple):
+    """The open (or close) trade: the smallest (largest) ``key`` = (ts µs, id order key)."""
+    key: tuple[int, tuple[int, int, str]]
+    price: float
+    trade_id: str
+
+
+@dataclass(slots=True)
+class CandleAccumulator:
+    """What a candle knows so far, field by field the SPEC's columns (§3).
+
+    Volumes are exact integers (``transforms.exact``): the base volumes at ``amount_decimals``,
+    the quote volume at ``quote_decimals``. ``markers`` are the disconnect marker times,
+    ``missing`` the facts about missing ranges (``transforms.completeness``), and ``span`` the
+    span a fragment of those facts covers (None for ticks: ``SpanWindows`` reads it).
+    """
+    native_symbol: Optional[str] = None
+    open: Optional[EdgeTrade] = None
+    close: Optional[EdgeTrade] = None
+    high: Optional[float] = None
+    low: Optional[float] = None
+    trades: int = 0
+    buy_trades: int = 0
+    sell_trades: int = 0
+    volume: int = 0
+    buy_volume: int = 0
+    sell_volume: int = 0
+    amount_decimals: int = 0
+    quote_volume: int = 0
+    quote_decimals: int = 0
+    is_partial: bool = False
+    markers: tuple[int, ...] = ()
+    missing: Any = None
+    span: Optional[tuple[int, int]] = None
+
+    def __reduce__(self) -> tuple:
+        """Pickled as a flat tuple of plain values (4x smaller than a dataclass's default):
+        summaries and partial candles cross the shuffle."""
+        values = [getattr(self, name) for name in _FIELDS]
+        values[_OPEN] = values[_OPEN] and tuple(values[_OPEN])
+        values[_CLOSE] = values[_CLOSE] and tuple(values[_CLOSE])
+        return _restore_accumulator, tuple(values)
+
+
+_FIELDS = tuple(field.name for field in fields(CandleAccumulator))
+_OPEN, _CLOSE = _FIELDS.index("open"), _FIELDS.index("close")
+
+
+def _restore_accumulator(*values: Any) -> CandleAccumulator:
+    acc = CandleAccumulator(*values)
+    acc.open = acc.open and EdgeTrade(*acc.open)
+    acc.close = acc.close and EdgeTrade(*acc.close)
+    return acc
+
+
+def _edge_trade(batch: TickBatch, ts_us: int, pick_last: bool) -> EdgeTrade:
     """Among the ticks at time ts_us, the one with the smallest (or largest) id."""
     at_time = np.flatnonzero(batch.ts_us == ts_us)
     chooser = max if pick_last else min
     i = chooser(at_time, key=lambda j: id_order_key(batch.ids[j]))
     trade_id = batch.ids[i]
-    return (ts_us, id_order_key(trade_id)), float(batch.price[i]), trade_id
+    return EdgeTrade((ts_us, id_order_key(trade_id)), float(batch.price[i]), trade_id)
 
 
-def summarize_batch(batch: TickBatch) -> list[Any]:
+def summarize_batch(batch: TickBatch) -> CandleAccumulator:
     """A tick batch as a candle accumulator: vectorised reductions, one pass per column."""
-    acc = empty_accumulator()
-    acc[PARTIAL] = batch.disconnect
-    acc[MARKERS] = batch.marker_us
-    acc[NATIVE_SYMBOL] = batch.native_symbol
+    acc = CandleAccumulator(native_symbol=batch.native_symbol, is_partial=batch.disconnect,
+                            markers=batch.marker_us)
     if not len(batch):
         return acc
     price, side = batch.price, batch.side
-    acc[OPEN_KEY], acc[OPEN_PRICE], acc[OPEN_ID] = _extreme_tick(batch, int(batch.ts_us.min()), False)
-    acc[CLOSE_KEY], acc[CLOSE_PRICE], acc[CLOSE_ID] = _extreme_tick(batch, int(batch.ts_us.max()), True)
-    acc[HIGH], acc[LOW] = float(price.max()), float(price.min())
+    acc.open = _edge_trade(batch, int(batch.ts_us.min()), False)
+    acc.close = _edge_trade(batch, int(batch.ts_us.max()), True)
+    acc.high, acc.low = float(price.max()), float(price.min())
     market = (batch.exchange, batch.native_symbol)
-    (acc[VOLUME], acc[QUOTE_VOLUME], acc[BUY_VOLUME], acc[SELL_VOLUME], amount_decimals,
+    (acc.volume, acc.quote_volume, acc.buy_volume, acc.sell_volume, amount_decimals,
      price_decimals) = exact.batch_sums(price, batch.amount, side, _DECIMALS_SEEN.get(market, (0, 0)))
     _DECIMALS_SEEN[market] = (amount_decimals, price_decimals)
-    acc[AMOUNT_DECIMALS], acc[QUOTE_DECIMALS] = amount_decimals, amount_decimals + price_decimals
-    acc[TRADES] = len(batch)
-    acc[BUY_TRADES] = int(np.count_nonzero(side == 1))
-    acc[SELL_TRADES] = int(np.count_nonzero(side == -1))
+    acc.amount_decimals, acc.quote_decimals = amount_decimals, amount_decimals + price_decimals
+    acc.trades = len(batch)
+    acc.buy_trades = int(np.count_nonzero(side == 1))
+    acc.sell_trades = int(np.count_nonzero(side == -1))
     return acc
 
 
-def merge_into(acc: list[Any], other: list[Any]) -> list[Any]:
+def merge_into(acc: CandleAccumulator, other: CandleAccumulator) -> CandleAccumulator:
     """Merge ``other`` into ``acc`` (mutating and returning acc)."""
-    if acc[NATIVE_SYMBOL] is None:
-        acc[NATIVE_SYMBOL] = other[NATIVE_SYMBOL]
-    acc[PARTIAL] = bool(acc[PARTIAL] or other[PARTIAL])
-    if other[MARKERS] and other[MARKERS] != acc[MARKERS]:
-        acc[MARKERS] = tuple(sorted(set(acc[MARKERS]) | set(other[MARKERS])))
-    acc[MISSING] = completeness.merge_facts(acc[MISSING], other[MISSING])
-    if other[TRADES]:
-        if not acc[TRADES] or other[OPEN_KEY] < acc[OPEN_KEY]:
-            acc[OPEN_KEY], acc[OPEN_PRICE], acc[OPEN_ID] = other[OPEN_KEY], other[OPEN_PRICE], other[OPEN_ID]
-        if not acc[TRADES] or other[CLOSE_KEY] > acc[CLOSE_KEY]:
-            acc[CLOSE_KEY], acc[CLOSE_PRICE], acc[CLOSE_ID] = other[CLOSE_KEY], other[CLOSE_PRICE], other[CLOSE_ID]
-        acc[HIGH] = other[HIGH] if acc[HIGH] is None else max(acc[HIGH], other[HIGH])
-        acc[LOW] = other[LOW] if acc[LOW] is None else min(acc[LOW], other[LOW])
-    for column in (TRADES, BUY_TRADES, SELL_TRADES):
-        acc[column] += other[column]
-    decimals = max(acc[AMOUNT_DECIMALS], other[AMOUNT_DECIMALS])
-    for column in _AMOUNT_SUMS:
-        acc[column] = (exact.rescale(acc[column], acc[AMOUNT_DECIMALS], decimals)
-                       + exact.rescale(other[column], other[AMOUNT_DECIMALS], decimals))
-    acc[AMOUNT_DECIMALS] = decimals
-    decimals = max(acc[QUOTE_DECIMALS], other[QUOTE_DECIMALS])
-    acc[QUOTE_VOLUME] = (exact.rescale(acc[QUOTE_VOLUME], acc[QUOTE_DECIMALS], decimals)
-                         + exact.rescale(other[QUOTE_VOLUME], other[QUOTE_DECIMALS], decimals))
-    acc[QUOTE_DECIMALS] = decimals
+    if acc.native_symbol is None:
+        acc.native_symbol = other.native_symbol
+    acc.is_partial = bool(acc.is_partial or other.is_partial)
+    if other.markers and other.markers != acc.markers:
+        acc.markers = tuple(sorted(set(acc.markers) | set(other.markers)))
+    acc.missing = completeness.merge_facts(acc.missing, other.missing)
+    if other.trades:
+        if not acc.trades or other.open.key < acc.open.key:
+            acc.open = other.open
+        if not acc.trades or other.close.key > acc.close.key:
+            acc.close = other.close
+        acc.high = other.high if acc.high is None else max(acc.high, other.high)
+        acc.low = other.low if acc.low is None else min(acc.low, other.low)
+    acc.trades += other.trades
+    acc.buy_trades += other.buy_trades
+    acc.sell_trades += other.sell_trades
+    decimals = max(acc.amount_decimals, other.amount_decimals)
+    acc.volume = _exact_add(acc.volume, acc.amount_decimals, other.volume, other.amount_decimals, decimals)
+    acc.buy_volume = _exact_add(acc.buy_volume, acc.amount_decimals, other.buy_volume,
+                                other.amount_decimals, decimals)
+    acc.sell_volume = _exact_add(acc.sell_volume, acc.amount_decimals, other.sell_volume,
+                                 other.amount_decimals, decimals)
+    acc.amount_decimals = decimals
+    decimals = max(acc.quote_decimals, other.quote_decimals)
+    acc.quote_volume = _exact_add(acc.quote_volume, acc.quote_decimals, other.quote_volume,
+                                  other.quote_decimals, decimals)
+    acc.quote_decimals = decimals
     return acc
 
 
-def empty_accumulator() -> list[Any]:
-    acc: list[Any] = [None] * 22
-    acc[PARTIAL] = False
-    acc[MARKERS] = ()
-    acc[VOLUME] = acc[QUOTE_VOLUME] = acc[BUY_VOLUME] = acc[SELL_VOLUME] = 0
-    acc[TRADES] = acc[BUY_TRADES] = acc[SELL_TRADES] = 0
-    acc[AMOUNT_DECIMALS] = acc[QUOTE_DECIMALS] = 0
-    return acc
+def _exact_add(value: int, decimals: int, other: int, other_decimals: int, target: int) -> int:
+    return exact.rescale(value, decimals, target) + exact.rescale(other, other_decimals, target)
 
 
-def candle_values(acc: list[Any]) -> dict[str, Any]:
+def empty_accumulator() -> CandleAccumulator:
+    return CandleAccumulator()
+
+
+def candle_values(acc: CandleAccumulator) -> dict[str, Any]:
     """The OHLCV columns of a candle from its accumulator (times in µs)."""
-    trades, amount_decimals = acc[TRADES], acc[AMOUNT_DECIMALS]
-    volume = acc[VOLUME]
+    trades, amount_decimals, volume = acc.trades, acc.amount_decimals, acc.volume
     # vwap = Σpq / Σq as one correctly rounded division of the exact integers
-    vwap = (acc[QUOTE_VOLUME] * 10 ** amount_decimals / (volume * 10 ** acc[QUOTE_DECIMALS])
+    vwap = (acc.quote_volume * 10 ** amount_decimals / (volume * 10 ** acc.quote_decimals)
             if trades and volume > 0 else None)
     return {
-        "native_symbol": acc[NATIVE_SYMBOL],
-        "open": acc[OPEN_PRICE], "high": acc[HIGH], "low": acc[LOW], "close": acc[CLOSE_PRICE],
+        "native_symbol": acc.native_symbol,
+        "open": acc.open.price if acc.open else None, "high": acc.high, "low": acc.low,
+        "close": acc.close.price if acc.close else None,
         "volume": exact.to_float(volume, amount_decimals),
-        "quote_volume": exact.to_float(acc[QUOTE_VOLUME], acc[QUOTE_DECIMALS]), "trades": trades,
+        "quote_volume": exact.to_float(acc.quote_volume, acc.quote_decimals), "trades": trades,
         "vwap": vwap,
-        "buy_volume": exact.to_float(acc[BUY_VOLUME], amount_decimals),
-        "sell_volume": exact.to_float(acc[SELL_VOLUME], amount_decimals),
-        "buy_trades": acc[BUY_TRADES], "sell_trades": acc[SELL_TRADES],
-        "first_trade_id": acc[OPEN_ID], "last_trade_id": acc[CLOSE_ID],
-        "first_tick_time": acc[OPEN_KEY][0] if trades else None,
-        "last_tick_time": acc[CLOSE_KEY][0] if trades else None,
-        "is_partial": bool(acc[PARTIAL]),
-        **completeness_values(acc[MARKERS], acc[MISSING]),
+        "buy_volume": exact.to_float(acc.buy_volume, amount_decimals),
+        "sell_volume": exact.to_float(acc.sell_volume, amount_decimals),
+        "buy_trades": acc.buy_trades, "sell_trades": acc.sell_trades,
+        "first_trade_id": acc.open.trade_id if acc.open else None,
+        "last_trade_id": acc.close.trade_id if acc.close else None,
+        "first_tick_time": acc.open.key[0] if trades else None,
+        "last_tick_time": acc.close.key[0] if trades else None,
+        "is_partial": bool(acc.is_partial),
+        **completeness_values(acc.markers, acc.missing),
     }
 
 
@@ -186,15 +234,12 @@ def completeness_values(markers: tuple[int, ...], facts: Any) -> dict[str, Any]:
     return {"missing_trades": missing, "is_complete": missing == 0 and not unchecked, UNCHECKED: unchecked}
 
 
-def fragment_accumulator(span: tuple[int, int], facts: dict) -> list[Any]:
+def fragment_accumulator(span: tuple[int, int], facts: dict) -> CandleAccumulator:
     """An accumulator holding only facts about missing ranges, for every window of ``span``."""
-    acc = empty_accumulator()
-    acc[MISSING] = facts
-    acc[SPAN] = span
-    return acc
+    return CandleAccumulator(missing=facts, span=span)
 
 
-def batch_fragments(batch: TickBatch) -> list[list[Any]]:
+def batch_fragments(batch: TickBatch) -> list[CandleAccumulator]:
     """The facts a batch brings about missing ranges, one fragment per range: the ranges it
     reports (their count) and the ranges its ticks fill (their sequence numbers)."""
     fragments = [fragment_accumulator((from_us, to_us), {(from_us, to_us, from_seq): (count, ())})
@@ -217,19 +262,19 @@ class CandleCombineFn(beam.CombineFn):
     """Tick-batch summaries → one candle's OHLCV; order-independent and exact: O/H/L/C and counts
     as given, volume sums as exact decimals (``transforms.exact``)."""
 
-    def create_accumulator(self) -> list[Any]:
+    def create_accumulator(self) -> CandleAccumulator:
         return empty_accumulator()
 
-    def add_input(self, acc: list[Any], summary: list[Any]) -> list[Any]:
+    def add_input(self, acc: CandleAccumulator, summary: CandleAccumulator) -> CandleAccumulator:
         return merge_into(acc, summary)
 
-    def merge_accumulators(self, accumulators: Iterable[list[Any]]) -> list[Any]:
+    def merge_accumulators(self, accumulators: Iterable[CandleAccumulator]) -> CandleAccumulator:
         merged = empty_accumulator()
         for acc in accumulators:
             merge_into(merged, acc)
         return merged
 
-    def extract_output(self, acc: list[Any]) -> dict[str, Any]:
+    def extract_output(self, acc: CandleAccumulator) -> dict[str, Any]:
         return candle_values(acc)
 
 
@@ -252,7 +297,7 @@ class SummarizeBatchFn(beam.DoFn):
     gives a fragment to every window of its span)."""
 
     @dead_letter_on_error(STAGE_CANDLES)
-    def process(self, batch: TickBatch) -> Iterator[tuple[tuple[str, str, int], list[Any]]]:
+    def process(self, batch: TickBatch) -> Iterator[tuple[tuple[str, str, int], CandleAccumulator]]:
         key = (batch.exchange, batch.symbol, batch.bucket * BUCKET_US)
         if len(batch) or batch.disconnect:
             yield key, summarize_batch(batch)
@@ -322,7 +367,7 @@ class CandlesFromTicks(beam.PTransform):
             labelled = (summaries.summaries
                         | f"KeyBySymbol{label}" >> beam.Map(lambda kv: ((kv[0][0], kv[0][1]), kv[1]))
                         | f"Window{label}" >> beam.WindowInto(
-                            completeness.SpanWindows(seconds * 1_000_000, SPAN),
+                            completeness.SpanWindows(seconds * 1_000_000, "span"),
                             trigger=self._trigger(seconds),
                             accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
                             allowed_lateness=Duration(seconds=self._lateness))

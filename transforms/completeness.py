@@ -106,16 +106,16 @@ def window_starts(from_us: int, to_us: int, size_us: int) -> range:
 
 class SpanWindows(NonMergingWindowFn):
     """Fixed windows of ``size_us`` aligned to the epoch, except that an element carrying a span
-    (an accumulator whose ``span_index`` slot holds ``(from_us, to_us)``) is assigned to every
-    window the span touches: that is how a missing range and its fills reach all the candles
-    they concern, as one element."""
+    (a value whose ``span_field`` -- an attribute name, or an index into a list -- holds
+    ``(from_us, to_us)``) is assigned to every window the span touches: that is how a missing
+    range and its fills reach all the candles they concern, as one element."""
 
-    def __init__(self, size_us: int, span_index: int) -> None:
+    def __init__(self, size_us: int, span_field: int | str) -> None:
         self.size_us = size_us
-        self.span_index = span_index
+        self.span_field = span_field
 
     def assign(self, context: Any) -> list[IntervalWindow]:
-        span = _span_of(context.element, self.span_index)
+        span = _span_of(context.element, self.span_field)
         if span is None:
             ts = context.timestamp.micros
             span = (ts, ts)
@@ -127,14 +127,18 @@ class SpanWindows(NonMergingWindowFn):
 
     def __eq__(self, other: object) -> bool:
         return (type(self) is type(other) and self.size_us == other.size_us  # type: ignore[attr-defined]
-                and self.span_index == other.span_index)  # type: ignore[attr-defined]
+                and self.span_field == other.span_field)  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        return hash((self.size_us, self.span_index))
+        return hash((self.size_us, self.span_field))
 
 
-def _span_of(element: Any, index: int) -> Optional[tuple[int, int]]:
-    if isinstance(element, tuple) and len(element) == 2 and isinstance(element[1], list) \
-            and len(element[1]) > index:
-        return element[1][index]
+def _span_of(element: Any, field: int | str) -> Optional[tuple[int, int]]:
+    if not (isinstance(element, tuple) and len(element) == 2):
+        return None
+    value = element[1]
+    if isinstance(field, str):
+        return getattr(value, field, None)
+    if isinstance(value, list) and len(value) > field:
+        return value[field]
     return None

@@ -25,7 +25,7 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.global_flatten import GlobalFlatten
-from transforms.ticks import BUCKET_US, MarketKey, TickBatch
+from transforms.tick_batch import BUCKET_US, MarketKey, TickBatch
 
 DAY_US = 86_400_000_000
 CENTURY = Duration(seconds=100 * 365 * 86_400)

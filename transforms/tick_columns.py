@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from transforms import tick_rules as rules
-from transforms.ticks import BUCKET_US, TickBatch, parse_records, trade_id_keys
+from transforms.tick_batch import BUCKET_US, TickBatch, trade_id_keys
+from transforms.ticks import parse_records
 
 # Times a Tardis CSV holds: µs since epoch, 1973..5138. Others are judged per tick (unit detection).
 _US_RANGE = (10 ** 14, 10 ** 17)

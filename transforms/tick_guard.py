@@ -27,7 +27,7 @@ from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter, dead_letter_on_
 from transforms.global_flatten import GlobalFlatten
 from transforms.late_ticks import JudgeByPane
 from transforms.seen_ids import SeenIds
-from transforms.ticks import BUCKET_US, MarketKey, TickBatch
+from transforms.tick_batch import BUCKET_US, MarketKey, TickBatch
 
 STAGE_DEDUP = "dedup"
 STAGE_LATE = "late"
