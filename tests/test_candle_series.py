@@ -11,9 +11,10 @@ import pytest
 from apache_beam.transforms import window
 
 from transforms.bounded_candles import SequenceGroupedFn
+from transforms.candle_accumulator import UNCHECKED
 from transforms.candle_series import (END_OF_TIME_US, SERIES_BREAK, CandleSeries, SeriesState,
                                       split_series)
-from transforms.candles import PANE_INDEX, UNCHECKED
+from transforms.candles import PANE_INDEX
 from transforms.sequencer import SequenceCandlesFn
 
 S = 1_000_000

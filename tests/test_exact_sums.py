@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests.pipeline_helpers import T0_US, message, options, run_market_data, tick
 from transforms import exact
-from transforms.candles import candle_values, empty_accumulator, merge_into, summarize_batch
+from transforms.candle_accumulator import candle_values, empty_accumulator, merge_into, summarize_batch
 from transforms.ticks import parse_records
 
 decimals_text = st.builds(lambda units, places: str(Decimal(units).scaleb(-places)),

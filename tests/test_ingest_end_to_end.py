@@ -14,7 +14,7 @@ import pytest
 from ingest.cli import main
 from ingest.message import BATCH_KEY, DISCONNECTS_KEY, encode_message, parse_time_us
 from ingest.publisher import TickPublisher
-from ingest.sources import Disconnect
+from ingest.streams import Disconnect
 from pipelines.emulators import (PUBSUB_EMULATOR_BIN, PubSubEmulator, ensure_topic_and_subscription,
                                  pubsub_env)
 from pipelines.local_names import LOCAL_PROJECT

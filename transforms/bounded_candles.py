@@ -31,11 +31,12 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms.candle_accumulator import (CandleAccumulator, batch_fragments, candle_values,
+                                           merge_into, summarize_batch)
 from transforms.candle_series import CandleSeries
-from transforms.candles import (CandleAccumulator, CandleCombineFn, CandleFromKeyFn, batch_fragments, candle_row,
-                                candle_values, merge_into, summarize_batch)
-from transforms.completeness import window_starts
+from transforms.candles import CandleCombineFn, CandleFromKeyFn, candle_row
 from transforms.checkpoint import checkpoint_of_series
+from transforms.completeness import window_starts
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter_on_error
 from transforms.global_flatten import GlobalFlatten
 from transforms.sequencer import drain

@@ -16,7 +16,8 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 
 from transforms import features
-from transforms.candles import PANE_INDEX, UNCHECKED
+from transforms.candle_accumulator import UNCHECKED
+from transforms.candles import PANE_INDEX
 from transforms.feature_state import initial_state, step
 from transforms.features import FEATURE_NAMES
 
