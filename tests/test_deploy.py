@@ -558,3 +558,14 @@ def test_every_printed_bq_flag_exists_in_the_installed_bq(sandbox_path: tuple[st
                     and f"--[no]{f.lstrip('-')}" not in verb_help]
         assert missing == [], f"{' '.join(command[:5])}: unknown flags {missing}"
     assert len(commands) >= 9
+
+
+def test_one_line_view_statements_keep_their_whole_query() -> None:
+    """The deploy sends each view as one line: a SQL comment there would swallow the rest."""
+    from pipelines.export_schema import view_statements
+
+    statements = view_statements(f"{PROJECT}:market_data")
+    assert len(statements) == len(VIEW_NAMES)
+    for statement in statements:
+        assert "--" not in statement and "\n" not in statement, statement[:200]
+        assert " SELECT " in statement or " AS SELECT" in statement, statement[:200]

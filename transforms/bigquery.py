@@ -123,8 +123,14 @@ def view_sql(project: str, dataset: str) -> dict[str, str]:
               "streaming_insert_min_row_bytes": STREAMING_INSERT_MIN_ROW_BYTES,
               "streaming_insert_usd_per_200_mib": STREAMING_INSERT_USD_PER_200_MIB,
               "storage_write_usd_per_gib": STORAGE_WRITE_USD_PER_GIB}
-    return {name: Template((VIEWS_DIR / f"{name}.sql").read_text(encoding="utf-8")).substitute(values)
-            for name in VIEW_NAMES}
+    return {name: Template(_statement(VIEWS_DIR / f"{name}.sql")).substitute(values) for name in VIEW_NAMES}
+
+
+def _statement(path: Path) -> str:
+    """A view file without its comment lines: the deploy script sends each view as one line, where
+    a ``--`` comment would swallow the rest of the statement."""
+    return "\n".join(line for line in path.read_text(encoding="utf-8").splitlines()
+                     if not line.lstrip().startswith("--"))
 
 
 def ensure_views(client: Any, dataset_ref: str) -> list[str]:
