@@ -8,6 +8,7 @@ worker reports the range 5..7 between trade 4 (20 s) and trade 8 (35 s). That sp
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from apache_beam.testing.test_stream import TestStream
@@ -84,8 +85,9 @@ def test_facts_merge_idempotently_in_any_order():
 
 
 def test_span_windows_give_a_range_every_window_it_touches():
-    windows = completeness.SpanWindows(15 * SECOND_US, 0)
-    starts = [w.start.micros for w in windows.assign(type("C", (), {"element": (("b", "s"), [(at(20), at(35))]),
+    windows = completeness.SpanWindows(15 * SECOND_US, "span")
+    fragment = SimpleNamespace(span=(at(20), at(35)))
+    starts = [w.start.micros for w in windows.assign(type("C", (), {"element": (("b", "s"), fragment),
                                                                      "timestamp": Timestamp(micros=at(35))})())]
     assert starts == [at(15), at(30)]
     assert list(completeness.window_starts(at(15), at(30), 15 * SECOND_US)) == [at(15), at(30)]

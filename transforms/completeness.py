@@ -106,11 +106,10 @@ def window_starts(from_us: int, to_us: int, size_us: int) -> range:
 
 class SpanWindows(NonMergingWindowFn):
     """Fixed windows of ``size_us`` aligned to the epoch, except that an element carrying a span
-    (a value whose ``span_field`` -- an attribute name, or an index into a list -- holds
-    ``(from_us, to_us)``) is assigned to every window the span touches: that is how a missing
+    (a value whose attribute ``span_field`` holds ``(from_us, to_us)``) is assigned to every window the span touches: that is how a missing
     range and its fills reach all the candles they concern, as one element."""
 
-    def __init__(self, size_us: int, span_field: int | str) -> None:
+    def __init__(self, size_us: int, span_field: str) -> None:
         self.size_us = size_us
         self.span_field = span_field
 
@@ -133,12 +132,7 @@ class SpanWindows(NonMergingWindowFn):
         return hash((self.size_us, self.span_field))
 
 
-def _span_of(element: Any, field: int | str) -> Optional[tuple[int, int]]:
+def _span_of(element: Any, field: str) -> Optional[tuple[int, int]]:
     if not (isinstance(element, tuple) and len(element) == 2):
         return None
-    value = element[1]
-    if isinstance(field, str):
-        return getattr(value, field, None)
-    if isinstance(value, list) and len(value) > field:
-        return value[field]
-    return None
+    return getattr(element[1], field, None)
