@@ -15,6 +15,7 @@ from pipelines.local_pubsub import stamped as read_stamped
 from tests.pipeline_helpers import (SECOND_US, T0_US, by_timeframe, message, options,
                                     run_market_data, stamped, tick)
 from transforms.dead_letter import DEAD_LETTER_TAG
+from transforms.missing_ranges import MAX_RANGES_PER_MESSAGE
 from transforms.ticks import ParseTicksFn
 
 pytestmark = pytest.mark.timeout(180)
@@ -191,6 +192,17 @@ def test_a_missing_part_that_is_not_a_list_of_objects_is_a_dead_letter(missing):
     assert ("must be arrays" in dead[0]["reason"]) == (not isinstance(missing, list))
     dead[0]["payload"].encode("utf-8")
 
+
+
+def test_more_missing_ranges_than_a_message_may_carry_are_one_dead_letter():
+    """A range costs a window per candle its span touches: a flood of them in one message would
+    keep the job busy for hours, so the excess is refused as one dead letter."""
+    ranges = [missing_entry(fromSeq=10 * i, toSeq=10 * i, count=1) for i in range(MAX_RANGES_PER_MESSAGE + 50)]
+    batches, dead = parse(raw_batch([hostile("2")], ranges))
+    assert [b.ids for b in batches if len(b)] == [["2"]]
+    assert len([r for b in batches for r in b.missing]) == MAX_RANGES_PER_MESSAGE
+    [row] = dead
+    assert row["stage"] == "parse" and f"50 missing ranges over the limit of {MAX_RANGES_PER_MESSAGE}" in row["reason"]
 
 FILL = {"from": "2017-08-17T00:00:01Z", "to": "2017-08-17T00:00:06Z", "fromSeq": 5, "seq": 6}
 

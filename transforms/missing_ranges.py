@@ -20,6 +20,10 @@ MAX_SEQ = 2 ** 62  # venue sequence numbers in missing ranges and fill marks
 # More trades than any venue makes in the day a range may span: a larger count is a bug or an
 # attack, and candles' missing_trades (INT64) must stay far from overflow however many ranges.
 MAX_RANGE_COUNT = 1_000_000_000
+# A range costs a window per candle its span touches (up to a day: ~7,300 over the six default
+# timeframes); a worker sends one per gap. More in one message are refused as one dead letter, so
+# no message can keep the job busy for hours.
+MAX_RANGES_PER_MESSAGE = 100
 MissingRange = Tuple[int, int, int, int]  # (from µs, to µs, fromSeq, count): a reported range
 Fill = Tuple[RangeKey, int]  # (the range a trade fills, the trade's sequence number)
 _ERRORS = (ValueError, TypeError, KeyError, OverflowError)

@@ -14,7 +14,8 @@ from apache_beam.utils.timestamp import Timestamp
 from ingest import message as wire
 from transforms import tick_rules as rules
 from transforms.dead_letter import DEAD_LETTER_TAG, dead_letter, dead_letter_on_error
-from transforms.missing_ranges import MissingRange, fill_columns, fill_of, missing_range
+from transforms.missing_ranges import (MAX_RANGES_PER_MESSAGE, MissingRange, fill_columns, fill_of,
+                                       missing_range)
 from transforms.tick_batch import BUCKET_US, SIDE_CODES, MarketKey, TickBatch
 
 STAGE_PARSE = "parse"
@@ -131,6 +132,11 @@ def parse_records(records: Sequence[Any], attributes: Mapping[str, str] | None =
             continue
         markers.setdefault((exchange, symbol, ts_us // BUCKET_US), []).append(ts_us)
         natives.setdefault((exchange, symbol), symbol)
+    if len(missing) > MAX_RANGES_PER_MESSAGE:
+        dead.append(dead_letter(STAGE_PARSE, f"{len(missing) - MAX_RANGES_PER_MESSAGE} missing ranges over "
+                                f"the limit of {MAX_RANGES_PER_MESSAGE} per message",
+                                list(missing[MAX_RANGES_PER_MESSAGE:]), attributes))
+        missing = missing[:MAX_RANGES_PER_MESSAGE]
     for entry in missing:
         try:
             exchange, symbol, reported = missing_range(entry, max_ts_us)
